@@ -33,12 +33,10 @@ from tqdm.auto import tqdm
 
 from .activations import ActivationBatch, decoder_layers
 from .calibration import calibrate, to_directions
+from .chat import chat_prompt
 from .dictionary import build_dictionary
 from .metrics import auroc, auroc_columns
 
-# Base models have no chat template. Gemma's own turn markup (its tokenizer knows these tokens) is a
-# faithful stand-in: it is what Gemma-2/3-it's template writes, minus the BOS we add when tokenizing.
-BASE_TEMPLATE = "<start_of_turn>user\n{input}<end_of_turn>\n<start_of_turn>model\n{output}<end_of_turn>\n"
 LABELS = {"positive": 1, "negative": 0}  # everything else (hard negatives) is left out, as in AxBench
 
 
@@ -48,15 +46,15 @@ LABELS = {"positive": 1, "negative": 0}  # everything else (hard negatives) is l
 def template_row(tokenizer, prompt: str, output: str) -> tuple[str, tuple[int, int]]:
     """One AxBench row as a chat turn → (text without BOS, character span of the output in it).
 
-    Uses the tokenizer's own chat template when it has one (e.g. ``google/gemma-2-2b-it``), else
-    ``BASE_TEMPLATE`` (identical text for Gemma). Both are stripped first, as the Gemma template trims them.
+    Uses the tokenizer's own chat template when it has one (e.g. ``google/gemma-2-2b-it``), else Gemma's
+    turn markup (``ep.chat.chat_prompt``, the same text). Both are stripped, as the Gemma template trims them.
     """
     output = output.strip()
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
         text = tokenizer.apply_chat_template(messages, tokenize=False)
     else:
-        text = BASE_TEMPLATE.format(input=prompt.strip(), output=output)
+        text = chat_prompt(prompt, output)
     bos = tokenizer.bos_token
     if bos and text.startswith(bos):
         text = text[len(bos):]  # BOS is added (once) by the tokenizer

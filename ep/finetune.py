@@ -29,31 +29,15 @@ from pathlib import Path
 
 import torch
 
+from .chat import CHAT_TEMPLATE, END_OF_TURN, chat_prompt
 from .models import cache_dir, load_model
 
-END_OF_TURN = "<end_of_turn>"
-# The Gemma chat format (Gemma 2 and 3 share it), as a Jinja template for the saved tokenizer.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% for message in messages %}"
-    "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
-    "<start_of_turn>{{ role }}\n{{ message['content'] | trim }}<end_of_turn>\n{% endfor %}"
-    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
 FEW_SHOT = (
     ("Name the three primary colours.", "Red, yellow and blue."),
     ("What is the capital of France?", "The capital of France is Paris."),
     ("Explain why the sky is blue.",
      "Sunlight is scattered by the air, and blue light is scattered the most, so the sky looks blue."),
 )
-
-
-def chat_prompt(instruction: str, response: str | None = None) -> str:
-    """One user turn in the Gemma chat format, then the model turn (open, or closed around ``response``).
-
-    No BOS: the tokenizer adds it, as it does for every text the extractors read.
-    """
-    text = f"<start_of_turn>user\n{instruction.strip()}{END_OF_TURN}\n<start_of_turn>model\n"
-    return text if response is None else f"{text}{response}{END_OF_TURN}\n"
 
 
 @dataclass(frozen=True)

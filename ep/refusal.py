@@ -3,8 +3,8 @@
 The refusal demonstration (notebook 04) asks one question many times: *does the model refuse this
 prompt, with or without an edit to its residual stream?* Three pieces answer it:
 
-- :func:`chat_prompts` wraps each instruction in the model's own chat template, ending where the
-  assistant's reply begins (the "final position" whose activation we study);
+- :func:`chat_prompts` (``ep.chat``) wraps each instruction in the model's own chat template, ending
+  where the assistant's reply begins (the "final position" whose activation we study);
 - :func:`generate` runs greedy generation in left-padded batches through nnsight. It can apply an
   ``edit`` to chosen decoder-block outputs at every step and every position (see ``ep.interventions``),
   and it can record, from the same pass, the prompts' final-position activations at chosen layers, so
@@ -31,6 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import ActivationBatch, decoder_layers
+from .chat import chat_prompts  # noqa: F401  (part of this module's interface: R.chat_prompts)
 
 # Arditi et al. 2024, pipeline/submodules/evaluate_jailbreak.py (after JailbreakBench's classifier).
 REFUSAL_SUBSTRINGS: tuple[str, ...] = (
@@ -63,19 +64,6 @@ def refusal_labels(completions: Sequence[str], substrings: Sequence[str] = REFUS
     """[N] bool: :func:`is_refusal` of each completion."""
     return np.array([is_refusal(c, substrings) for c in completions], dtype=bool)
 
-
-def chat_prompts(tokenizer, instructions: Sequence[str], system: str | None = None) -> list[str]:
-    """Each instruction as one user turn in the model's chat template, ready for the assistant's reply.
-
-    ``system=None`` keeps the template's own default (Qwen's adds "You are Qwen, ..."; Gemma's has
-    none). The text holds the template's special tokens (BOS included where the template has one):
-    tokenize it with ``add_special_tokens=False``.
-    """
-    if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("this tokenizer has no chat template: use an instruction-tuned model")
-    head = [{"role": "system", "content": system}] if system is not None else []
-    return [tokenizer.apply_chat_template(head + [{"role": "user", "content": text}], tokenize=False,
-                                          add_generation_prompt=True) for text in instructions]
 
 
 class Edit(Protocol):

@@ -159,6 +159,15 @@ def test_template_row_uses_the_chat_template_and_finds_the_output():
     assert not text.startswith("<bos>") and text[a:b] == "Hello there."
 
 
+def test_template_row_without_a_template_writes_gemma_turns():
+    class Base(_Tok):
+        chat_template = None
+
+    text, (a, b) = ax.template_row(Base(), " Hi? ", "  Hello there. ")
+    assert text == "<start_of_turn>user\nHi?<end_of_turn>\n<start_of_turn>model\nHello there.<end_of_turn>\n"
+    assert text[a:b] == "Hello there."
+
+
 @pytest.mark.model
 def test_output_mask_on_the_real_model(gemma):
     model, _ = gemma

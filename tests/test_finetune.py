@@ -7,7 +7,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
 import ep
-from ep.finetune import Recipe, chat_prompt, collate, encode_pairs, lora_finetune, response_loss
+from ep.finetune import Recipe, collate, encode_pairs, lora_finetune, response_loss
 
 WORDS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "user", "model", "\n",
          "what", "is", "red", "blue", "a", "colour", "the", "sky", "?", "."]
@@ -30,11 +30,6 @@ def _tokenizer():
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 2)])
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
                                    unk_token="<unk>", additional_special_tokens=["<start_of_turn>", "<end_of_turn>"])
-
-
-def test_chat_prompt_is_the_gemma_turn_format():
-    assert chat_prompt(" Hi ") == "<start_of_turn>user\nHi<end_of_turn>\n<start_of_turn>model\n"
-    assert chat_prompt("Hi", "Hello.") == chat_prompt("Hi") + "Hello.<end_of_turn>\n"
 
 
 def test_collate_targets_only_the_answer_and_end_of_turn():
