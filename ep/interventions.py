@@ -14,7 +14,8 @@ the centre is halfway. Notebook 04 measures which one collapses refusal.
 
 With k directions (the top-k regions), they are first orthonormalised and the whole span is removed:
 x → x − Q Qᵀ (x − c) (c = 0 for plain). The :class:`Ablation` is an edit for ``ep.refusal.generate``,
-applied to the output of each chosen decoder block at every position and every generation step.
+applied to the output of each chosen decoder block at every position and every generation step;
+:class:`PerLayer` applies several at once, each at its own layer (e.g. every layer's own refusal region).
 """
 
 from __future__ import annotations
@@ -76,6 +77,28 @@ class Ablation:
 
     def __call__(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         return project_out(hidden, self.basis, self.centre)
+
+
+class PerLayer:
+    """Several :class:`Ablation` s applied together, each at its own layers: one edit for ``generate``.
+
+    E.g. the top refusal region of each layer's dictionary, removed at that layer (EP's counterpart of
+    removing the diff-in-means direction at every layer). Two ablations may not edit the same layer.
+    """
+
+    def __init__(self, ablations: Sequence[Ablation], name: str = ""):
+        self.by_layer: dict[int, Ablation] = {}
+        for ablation in ablations:
+            for layer in ablation.layers:
+                if layer in self.by_layer:
+                    raise ValueError(f"two ablations edit layer {layer}")
+                self.by_layer[layer] = ablation
+        if not self.by_layer:
+            raise ValueError("PerLayer needs at least one ablation")
+        self.layers, self.name = tuple(sorted(self.by_layer)), name
+
+    def __call__(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        return self.by_layer[layer](hidden, layer)
 
 
 def diff_in_means(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:

@@ -239,6 +239,14 @@ def null_region(table, size: int, exclude: Sequence[int] = (), min_members: int 
     return int(best["region"].iloc[0])
 
 
+def null_regions(table, size: int, k: int, exclude: Sequence[int] = (), **kwargs) -> list[int]:
+    """``k`` distinct null regions, each the :func:`null_region` of those not yet taken (a top-k span's control)."""
+    picked: list[int] = []
+    for _ in range(k):
+        picked.append(null_region(table, size, exclude=[*exclude, *picked], **kwargs))
+    return picked
+
+
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval for a binomial rate k/n (sensible at k = 0 or n, unlike k/n ± 1.96·SE)."""
     if n <= 0 or not 0 <= k <= n:

@@ -73,6 +73,20 @@ def test_ablation_keeps_dtype_and_layers():
         I.Ablation(e, ())
 
 
+def test_per_layer_applies_each_ablation_at_its_own_layer():
+    e1, e2 = unit(torch.randn(D)), unit(torch.randn(D))
+    edit = I.PerLayer([I.Ablation(e1, (3,)), I.Ablation(e2, (1,))])
+    assert edit.layers == (1, 3)
+    h = torch.randn(2, 4, D)
+    assert torch.allclose(edit(h, 3) @ e1, torch.zeros(2, 4), atol=1e-5)
+    assert torch.allclose(edit(h, 1) @ e2, torch.zeros(2, 4), atol=1e-5)
+    assert not torch.allclose(edit(h, 1) @ e1, torch.zeros(2, 4), atol=1e-3)  # layer 1 keeps e1
+    with pytest.raises(ValueError, match="layer 3"):
+        I.PerLayer([I.Ablation(e1, (3,)), I.Ablation(e2, (3, 4))])
+    with pytest.raises(ValueError, match="at least one"):
+        I.PerLayer([])
+
+
 def test_diff_in_means():
     g = torch.Generator().manual_seed(1)
     axis = unit(torch.randn(D, generator=g))

@@ -72,6 +72,7 @@ def test_null_region_is_size_matched_and_low_refusal():
     assert R.null_region(table, size=9, exclude=[0], max_rate=0.0) == 3
     with pytest.raises(ValueError):
         R.null_region(table, size=6, exclude=[0, 1, 3, 4])
+    assert R.null_regions(table, size=6, k=2, exclude=[0]) == [3, 4]  # the next best, never twice
 
 
 def test_null_region_avoids_the_chosen_axis():
