@@ -1,0 +1,171 @@
+"""
+How stable is notebook 04's headline across build samples, and which defaults should it use?
+
+Notebook 04 builds its refusal dictionaries on 80 + 80 shuffled train prompts (``seed``), chooses a
+layer and a region on them, and ablates that region's direction on held-out prompts. With so few build
+prompts the choice can move with the sample. This script repeats the notebook's choose-then-ablate
+steps for several seeds (each seed: another build sample) and measures refusal on a dev set carved
+from the train splits, never on the held-out val prompts: this study chose the notebook's defaults.
+
+Per seed it records the sweep (top region size, member refusal rate, cosine with the build
+diff-in-means, per layer and percentile), the layer each selection rule picks, and dev refusal after
+plain removal at the picked layer of: the top region's mean-member direction, its exemplar, the span
+of the top 3 regions' mean directions (p = 8 and p = 20); every sweep layer's own top region at once;
+the diff-in-means direction.
+
+    python benchmarks/refusal_robustness.py                 # seeds 0-4, ~3.5 min a seed on 2 CPU cores
+    python benchmarks/refusal_robustness.py --seeds 0 1     # fewer
+
+Needs the offline mirror (EP_DATA_DIR). Writes benchmarks/results/refusal_robustness.{json,md}.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ep  # noqa: E402
+from ep import interventions as I  # noqa: E402
+from ep import refusal as R  # noqa: E402
+
+# notebook 04's defaults
+MODEL, SWEEP, PERCENTILE, MIN_MEMBERS = "qwen2.5-coder-0.5b-instruct", (8, 12, 16, 20), 8.0, 5
+N_BUILD, MIN_HELDOUT, N_HARMLESS, MAX_NEW_TOKENS, BATCH = 80, 50, 20, 10, 72
+N_DEV = 52  # dev harmful prompts, as many as the notebook holds out
+
+
+def splits(seed: int) -> tuple[list[str], list[str], list[str], list[str]]:
+    """The notebook's build set for one seed, and a dev set from the rest of the train splits.
+
+    The notebook reserves the first ``MIN_HELDOUT`` shuffled harmful_train prompts for its held-out set
+    and builds on the next ``N_BUILD``; the dev set is the next ``N_DEV`` (harmless: after the build).
+    No val prompt is read: this study chooses the notebook's defaults, so it must not see held-out data.
+    """
+    rng = np.random.default_rng(seed)
+    harmful, harmless = ep.data.instructions("harmful_train"), ep.data.instructions("harmless_train")
+    order_harmful, order_harmless = rng.permutation(len(harmful)), rng.permutation(len(harmless))
+    build_harmful = [harmful[i] for i in order_harmful[MIN_HELDOUT:MIN_HELDOUT + N_BUILD]]
+    build_harmless = [harmless[i] for i in order_harmless[:N_BUILD]]
+    dev_harmful = [harmful[i] for i in order_harmful[MIN_HELDOUT + N_BUILD:MIN_HELDOUT + N_BUILD + N_DEV]]
+    dev_harmless = [harmless[i] for i in order_harmless[N_BUILD:N_BUILD + N_HARMLESS]]
+    return build_harmful, build_harmless, dev_harmful, dev_harmless
+
+
+def layer_analysis(build, is_harmful: np.ndarray, layer: int, seed: int) -> dict:
+    """The notebook's per-layer step: dictionary, top regions by rate × members, null regions, cosines."""
+    acts = build.final_acts[layer]
+    dictionary = ep.build_dictionary([build.batch(layer)], ep.calibrate(acts, PERCENTILE, seed=seed), progress=False)
+    table = R.region_table(dictionary.assign(acts)[0], build.refused, is_harmful, len(dictionary), MIN_MEMBERS)
+    top3 = R.top_regions(table, 3)
+    row = table.set_index("region").loc[top3[0]]
+    means = dictionary.mean_directions
+    dim = I.diff_in_means(acts[is_harmful], acts[~is_harmful])
+    nulls = R.null_regions(table, int(row.members), 3, exclude=top3, min_members=MIN_MEMBERS, max_rate=0.2,
+                           directions=means, reference=dim, max_cos=0.3)  # the notebook's null: off the refusal axis
+    return {"regions": len(dictionary), "top_members": int(row.members), "top_refusal_rate": float(row.refusal_rate),
+            "cos_mean_with_dim": I.cosine(means[top3[0]], dim),
+            "cos_top3_mean_with_dim": I.subspace_cosine(means[top3], dim),
+            "cos_null_with_dim": I.cosine(means[nulls[0]], dim),
+            "directions": {"top-1 mean": means[top3[0]], "top-3 mean": means[top3],
+                           "null mean": means[nulls[0]], "null-3 mean": means[nulls]}, "dim": dim}
+
+
+def run_seed(model, seed: int) -> dict:
+    build_harmful, build_harmless, dev_harmful, dev_harmless = splits(seed)
+    gen = dict(max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH, progress=False)
+    is_harmful = np.array([True] * len(build_harmful) + [False] * len(build_harmless))
+    build = R.generate(model, R.chat_prompts(model.tokenizer, build_harmful + build_harmless),
+                       record_layers=SWEEP, **gen)
+    analyses = {layer: layer_analysis(build, is_harmful, layer, seed) for layer in SWEEP}
+    # the layer rules, on build prompts only
+    rules = {"top refusal rate": max(SWEEP, key=lambda layer: analyses[layer]["top_refusal_rate"]),
+             "cos with diff-in-means": max(SWEEP, key=lambda layer: analyses[layer]["cos_mean_with_dim"])}
+    layer = rules["cos with diff-in-means"]
+    conditions = {"baseline": None}
+    for kind in ("top-1 mean", "null mean", "top-3 mean", "null-3 mean"):
+        conditions[kind] = I.Ablation(analyses[layer]["directions"][kind], (layer,))
+    for kind in ("top-1 mean", "null mean"):
+        conditions[f"{kind} · each sweep layer"] = I.PerLayer(
+            [I.Ablation(analyses[sweep]["directions"][kind], (sweep,)) for sweep in SWEEP])
+    conditions["diff-in-means"] = I.Ablation(analyses[layer]["dim"], (layer,))
+    dev_prompts = R.chat_prompts(model.tokenizer, dev_harmful + dev_harmless)
+    n_harm = len(dev_harmful)
+    rates = {}
+    for name, edit in conditions.items():
+        refused = R.generate(model, dev_prompts, edit=edit, **gen).refused
+        rates[name] = {"harmful": float(refused[:n_harm].mean()), "harmless": float(refused[n_harm:].mean())}
+    sweep = [{"layer": sweep, **{k: v for k, v in a.items() if k not in ("directions", "dim")}}
+             for sweep, a in analyses.items()]
+    return {"seed": seed, "build_refusal_harmful": float(build.refused[is_harmful].mean()),
+            "n_dev_harmful": n_harm, "rules": rules, "layer": layer, "sweep": sweep, "rates": rates}
+
+
+def markdown(results: list[dict], header: str) -> str:
+    names = list(results[0]["rates"])
+    lines = [f"# Notebook 04 across build samples ({MODEL}, {N_BUILD} + {N_BUILD} build prompts)", "", header, "",
+             f"Dev-set refusal (train prompts outside the build set and the notebook's reserved slice), harmful "
+             f"(harmless), {results[0]['n_dev_harmful']} + {N_HARMLESS} prompts, "
+             "plain removal at the layer the 'cos with diff-in-means' rule picks (shown per seed); "
+             "'each sweep layer' removes every sweep layer's own top (or null) region at once; 'null' is the "
+             "notebook's control (size-matched, rarely refused, |cos| ≤ 0.3 with the build diff-in-means), 'null-3' "
+             "the three "
+             "best such regions (the control for the top-3 span). "
+             "Layer picked by the notebook's other rule, 'top refusal rate': in the last column.", "",
+             "| seed | layer | " + " | ".join(names) + " | layer, rate rule |", "|---" * (len(names) + 3) + "|"]
+    for res in results:
+        cells = [f"{res['rates'][n]['harmful']:.2f} ({res['rates'][n]['harmless']:.2f})" for n in names]
+        lines.append(f"| {res['seed']} | {res['layer']} | " + " | ".join(cells)
+                     + f" | {res['rules']['top refusal rate']} |")
+    base = [r["rates"]["baseline"] for r in results]
+    lines += ["", "| condition | mean harmful | halved harmful | harmless up ≤ 10 pts "
+              "| its null moved harmful ≤ 10 pts | all three |", "|---|---|---|---|---|---|"]
+    for n in names:
+        harm = [r["rates"][n]["harmful"] for r in results]
+        if n == "baseline" or n.startswith("null"):
+            lines.append(f"| {n} | {np.mean(harm):.2f} | | | | |")
+            continue
+        halved = [h <= b["harmful"] / 2 for h, b in zip(harm, base)]
+        harmless = [r["rates"][n]["harmless"] - b["harmless"] <= 0.10 + 1e-9 for r, b in zip(results, base)]
+        null = n.replace("top-1", "null").replace("top-3", "null-3")
+        if null != n:
+            quiet = [abs(r["rates"][null]["harmful"] - b["harmful"]) <= 0.10 + 1e-9 for r, b in zip(results, base)]
+        else:
+            quiet = [True] * len(results)  # diff-in-means has no null region
+        every = [a and b and c for a, b, c in zip(halved, harmless, quiet)]
+        count = lambda xs: f"{sum(xs)}/{len(xs)}"
+        lines.append(f"| {n} | {np.mean(harm):.2f} | {count(halved)} | {count(harmless)} | "
+                     f"{count(quiet) if null != n else '(none)'} | {count(every)} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    args = parser.parse_args()
+    ep.setup(seed=0)
+    model, _ = ep.load_model(MODEL)
+    load = os.getloadavg()[0]
+    results = []
+    for seed in args.seeds:
+        start = time.perf_counter()
+        results.append(run_seed(model, seed))
+        print(f"seed {seed}: {time.perf_counter() - start:.0f} s", json.dumps(results[-1]["rates"]), flush=True)
+    machine = ep.notebook.machine()
+    header = (f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
+              f"{datetime.datetime.now().isoformat(timespec='seconds')}; load average {load:.1f} -> "
+              f"{os.getloadavg()[0]:.1f}.")
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "refusal_robustness.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+    (out / "refusal_robustness.md").write_text(markdown(results, header))
+    print(markdown(results, header))
+
+
+if __name__ == "__main__":
+    main()
