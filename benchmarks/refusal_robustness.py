@@ -13,7 +13,7 @@ plain removal at the picked layer of: the top region's mean-member direction, it
 of the top 3 regions' mean directions (p = 8 and p = 20); every sweep layer's own top region at once;
 the diff-in-means direction.
 
-    python benchmarks/refusal_robustness.py                 # seeds 0-4, ~3.5 min a seed on 2 CPU cores
+    python benchmarks/refusal_robustness.py                 # seeds 0-5, ~2.7 min a seed on 2 CPU cores
     python benchmarks/refusal_robustness.py --seeds 0 1     # fewer
 
 Needs the offline mirror (EP_DATA_DIR). Writes benchmarks/results/refusal_robustness.{json,md}.
@@ -146,7 +146,7 @@ def markdown(results: list[dict], header: str) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4, 5])
     args = parser.parse_args()
     ep.setup(seed=0)
     model, _ = ep.load_model(MODEL)
