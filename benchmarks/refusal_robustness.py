@@ -57,42 +57,38 @@ def splits(seed: int) -> tuple[list[str], list[str], list[str], list[str]]:
     return build_harmful, build_harmless, dev_harmful, dev_harmless
 
 
-def layer_analysis(build, is_harmful: np.ndarray, layer: int, seed: int) -> dict:
-    """The notebook's per-layer step: dictionary, top regions by rate × members, null regions, cosines."""
-    acts = build.final_acts[layer]
-    dictionary = ep.build_dictionary([build.batch(layer)], ep.calibrate(acts, PERCENTILE, seed=seed), progress=False)
-    table = R.region_table(dictionary.assign(acts)[0], build.refused, is_harmful, len(dictionary), MIN_MEMBERS)
-    top3 = R.top_regions(table, 3)
-    row = table.set_index("region").loc[top3[0]]
-    means = dictionary.mean_directions
-    dim = I.diff_in_means(acts[is_harmful], acts[~is_harmful])
-    nulls = R.null_regions(table, int(row.members), 3, exclude=top3, min_members=MIN_MEMBERS, max_rate=0.2,
-                           directions=means, reference=dim, max_cos=0.3)  # the notebook's null: off the refusal axis
-    return {"regions": len(dictionary), "top_members": int(row.members), "top_refusal_rate": float(row.refusal_rate),
-            "cos_mean_with_dim": I.cosine(means[top3[0]], dim),
-            "cos_top3_mean_with_dim": I.subspace_cosine(means[top3], dim),
-            "cos_null_with_dim": I.cosine(means[nulls[0]], dim),
-            "directions": {"top-1 mean": means[top3[0]], "top-3 mean": means[top3],
-                           "null mean": means[nulls[0]], "null-3 mean": means[nulls]}, "dim": dim}
-
-
 def run_seed(model, seed: int) -> dict:
     build_harmful, build_harmless, dev_harmful, dev_harmless = splits(seed)
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH, progress=False)
     is_harmful = np.array([True] * len(build_harmful) + [False] * len(build_harmless))
     build = R.generate(model, R.chat_prompts(model.tokenizer, build_harmful + build_harmless),
                        record_layers=SWEEP, **gen)
-    analyses = {layer: layer_analysis(build, is_harmful, layer, seed) for layer in SWEEP}
+    analyses = {layer: R.layer_regions(build, is_harmful, layer, PERCENTILE, min_members=MIN_MEMBERS, seed=seed)
+                for layer in SWEEP}  # the notebook's step; nulls: mean directions, refusal rate <= 0.2, |cos| <= 0.3
+
+    def directions(layer: int, kind: str):  # [d] or [3, d]
+        a = analyses[layer]
+        nulls = {"null mean": a["nulls"][0], "null-3 mean": a["nulls"]}
+        return a["directions"][kind] if kind.startswith("top") else a["dictionary"].mean_directions[nulls[kind]]
+
+    def stats(a: dict) -> dict:
+        top = a["table"].set_index("region").loc[a["top3"][0]]
+        return {"regions": len(a["dictionary"]), "top_members": int(top.members),
+                "top_refusal_rate": float(top.refusal_rate), "cos_mean_with_dim": a["cosines"]["top-1 mean"],
+                "cos_top3_mean_with_dim": a["cosines"]["top-3 mean"],
+                "cos_null_with_dim": I.cosine(a["dictionary"].mean_directions[a["nulls"][0]], a["dim"])}
+
+    sweep = {layer: stats(a) for layer, a in analyses.items()}
     # the layer rules, on build prompts only
-    rules = {"top refusal rate": max(SWEEP, key=lambda layer: analyses[layer]["top_refusal_rate"]),
-             "cos with diff-in-means": max(SWEEP, key=lambda layer: analyses[layer]["cos_mean_with_dim"])}
+    rules = {"top refusal rate": max(SWEEP, key=lambda layer: sweep[layer]["top_refusal_rate"]),
+             "cos with diff-in-means": max(SWEEP, key=lambda layer: sweep[layer]["cos_mean_with_dim"])}
     layer = rules["cos with diff-in-means"]
     conditions = {"baseline": None}
     for kind in ("top-1 mean", "null mean", "top-3 mean", "null-3 mean"):
-        conditions[kind] = I.Ablation(analyses[layer]["directions"][kind], (layer,))
+        conditions[kind] = I.Ablation(directions(layer, kind), (layer,))
     for kind in ("top-1 mean", "null mean"):
         conditions[f"{kind} · each sweep layer"] = I.PerLayer(
-            [I.Ablation(analyses[sweep]["directions"][kind], (sweep,)) for sweep in SWEEP])
+            [I.Ablation(directions(sweep_layer, kind), (sweep_layer,)) for sweep_layer in SWEEP])
     conditions["diff-in-means"] = I.Ablation(analyses[layer]["dim"], (layer,))
     dev_prompts = R.chat_prompts(model.tokenizer, dev_harmful + dev_harmless)
     n_harm = len(dev_harmful)
@@ -100,10 +96,9 @@ def run_seed(model, seed: int) -> dict:
     for name, edit in conditions.items():
         refused = R.generate(model, dev_prompts, edit=edit, **gen).refused
         rates[name] = {"harmful": float(refused[:n_harm].mean()), "harmless": float(refused[n_harm:].mean())}
-    sweep = [{"layer": sweep, **{k: v for k, v in a.items() if k not in ("directions", "dim")}}
-             for sweep, a in analyses.items()]
     return {"seed": seed, "build_refusal_harmful": float(build.refused[is_harmful].mean()),
-            "n_dev_harmful": n_harm, "rules": rules, "layer": layer, "sweep": sweep, "rates": rates}
+            "n_dev_harmful": n_harm, "rules": rules, "layer": layer,
+            "sweep": [{"layer": sweep_layer, **row} for sweep_layer, row in sweep.items()], "rates": rates}
 
 
 def markdown(results: list[dict], header: str) -> str:

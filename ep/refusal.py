@@ -31,7 +31,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .activations import ActivationBatch, decoder_layers
+from .calibration import calibrate
 from .chat import chat_prompts  # noqa: F401  (part of this module's interface: R.chat_prompts)
+from .dictionary import build_dictionary
+from .interventions import diff_in_means, subspace_cosine
 
 # Arditi et al. 2024, pipeline/submodules/evaluate_jailbreak.py (after JailbreakBench's classifier).
 REFUSAL_SUBSTRINGS: tuple[str, ...] = (
@@ -63,7 +66,6 @@ def is_refusal(completion: str, substrings: Sequence[str] = REFUSAL_SUBSTRINGS) 
 def refusal_labels(completions: Sequence[str], substrings: Sequence[str] = REFUSAL_SUBSTRINGS) -> np.ndarray:
     """[N] bool: :func:`is_refusal` of each completion."""
     return np.array([is_refusal(c, substrings) for c in completions], dtype=bool)
-
 
 
 class Edit(Protocol):
@@ -217,10 +219,10 @@ def null_region(table, size: int, exclude: Sequence[int] = (), min_members: int 
                 max_cos: float = 0.3) -> int:
     """A control region: ≥ ``min_members``, refusal rate ≤ ``max_rate``, size closest to ``size``.
 
-    With ``directions`` [K, d] (one per region) and a ``reference`` direction [d] (the chosen region's),
-    candidates must also satisfy |cos| ≤ ``max_cos``: a region lying on the same axis, e.g. harmless
-    prompts on the far side of the refusal direction, is no null, since removing its direction moves
-    refusal too. Fallbacks: the lowest-refusal regions when none is below ``max_rate``; the least
+    With ``directions`` [K, d] (one per region) and a ``reference`` direction [d] (e.g. the diff-in-means
+    refusal direction), candidates must also satisfy |cos| ≤ ``max_cos``: a region lying on that axis,
+    e.g. harmless prompts on the far side of the refusal direction, is no null, since removing its
+    direction moves refusal too. Fallbacks: the lowest-refusal regions when none is below ``max_rate``; the least
     aligned ones when none is below ``max_cos``.
     """
     ok = table[(table["members"] >= min_members) & ~table["region"].isin(list(exclude))]
@@ -245,6 +247,38 @@ def null_regions(table, size: int, k: int, exclude: Sequence[int] = (), **kwargs
     for _ in range(k):
         picked.append(null_region(table, size, exclude=[*exclude, *picked], **kwargs))
     return picked
+
+
+def layer_regions(build: Generations, harmful: np.ndarray, layer: int, percentile: float, *, min_members: int = 5,
+                  seed: int = 0, null_kind: str = "mean", null_max_rate: float = 0.2,
+                  null_max_cos: float = 0.3) -> dict:
+    """One layer's refusal regions, from the build prompts alone (notebook 04's per-layer step).
+
+    Calibrates and builds a dictionary on the recorded final-position activations at ``layer``, scores
+    its regions (:func:`region_table`), takes the top 3 and 3 null regions (:func:`null_regions`: about
+    the top region's size, refusal rate ≤ ``null_max_rate``, |cos| ≤ ``null_max_cos`` between their
+    ``null_kind`` direction, "mean" or "exemplar", and the build diff-in-means). Returns a dict:
+    ``dictionary``, ``table``, ``top3``, ``nulls``, ``dim`` (the diff-in-means direction [d]),
+    ``directions`` (the top region's exemplar and mean direction, the top 3's exemplars and mean
+    directions) and ``cosines`` (of each of those with ``dim``; the cosine to the span for the top 3).
+    """
+    if null_kind not in ("mean", "exemplar"):
+        raise ValueError(f"null_kind must be 'mean' or 'exemplar', got {null_kind!r}")
+    harmful = np.asarray(harmful, dtype=bool)
+    acts = build.final_acts[layer]
+    dictionary = build_dictionary([build.batch(layer)], calibrate(acts, percentile, seed=seed), progress=False)
+    table = region_table(dictionary.assign(acts)[0], build.refused, harmful, len(dictionary), min_members)
+    top3 = top_regions(table, 3)
+    dim = diff_in_means(acts[harmful], acts[~harmful])
+    exemplars, means = dictionary.exemplars, dictionary.mean_directions
+    kind = means if null_kind == "mean" else exemplars
+    size = int(table.set_index("region").loc[top3[0], "members"])
+    nulls = null_regions(table, size, 3, exclude=top3, min_members=min_members, max_rate=null_max_rate,
+                         directions=kind, reference=dim, max_cos=null_max_cos)
+    directions = {"top-1 exemplar": exemplars[top3[0]], "top-1 mean": means[top3[0]],
+                  "top-3 exemplars": exemplars[top3], "top-3 mean": means[top3]}
+    return {"dictionary": dictionary, "table": table, "top3": top3, "nulls": nulls, "dim": dim,
+            "directions": directions, "cosines": {name: subspace_cosine(v, dim) for name, v in directions.items()}}
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

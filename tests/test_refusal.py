@@ -86,6 +86,32 @@ def test_null_region_avoids_the_chosen_axis():
     assert R.null_region(table, size=6, **kwargs) == 4
 
 
+def test_layer_regions_finds_the_refusal_cluster_and_off_axis_nulls():
+    # 8 clusters of 12 prompts at layer 3: cluster 0 harmful and refused, along the refusal axis;
+    # the others harmless and answered; cluster 1 points along the axis too, from the far side
+    g = torch.Generator().manual_seed(0)
+    d, n = 32, 12
+    centres = torch.nn.functional.normalize(torch.randn(8, d, generator=g), dim=1)
+    axis = torch.nn.functional.normalize(centres[0] - centres[1:].mean(0), dim=0)
+    centres[1] = -axis
+    acts = 10 * torch.repeat_interleave(centres, n, dim=0) + 0.3 * torch.randn(8 * n, d, generator=g)
+    harmful = np.arange(8 * n) < n
+    refused = harmful | np.isin(np.arange(8 * n), [2 * n, 3 * n])  # clusters 2, 3: one refusal each
+    build = R.Generations([f"p{i}" for i in range(8 * n)], ["I cannot." if r else "Sure." for r in refused],
+                          {3: acts}, torch.zeros(8 * n, dtype=torch.int64), torch.full((8 * n,), 5))
+    a = R.layer_regions(build, harmful, 3, 14.0, min_members=5)  # one region per cluster
+    members = a["dictionary"].assign(acts)[0]
+    assert set(members[:n].tolist()) == {a["top3"][0]}  # the refused cluster is the top region
+    assert a["cosines"]["top-1 mean"] > 0.9 and I.cosine(a["dim"], axis) > 0.9
+    assert len(set(a["nulls"])) == 3 and not set(a["nulls"]) & set(a["top3"])
+    anti = members[n].item()  # never refused, so the first null candidate without the axis rule
+    assert anti not in a["top3"] and set(members[n:2 * n].tolist()) == {anti}
+    assert anti not in a["nulls"]  # the far side of the refusal axis is no null
+    assert anti in R.layer_regions(build, harmful, 3, 14.0, min_members=5, null_max_cos=1.0)["nulls"]
+    with pytest.raises(ValueError, match="null_kind"):
+        R.layer_regions(build, harmful, 3, 14.0, null_kind="median")
+
+
 # -- templating and generation (real models) -------------------------------------
 
 def test_chat_prompts_needs_a_template(gemma):
