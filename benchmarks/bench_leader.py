@@ -1,5 +1,5 @@
 """
-Benchmark `ep.leader.leader_cluster` against a baseline in the style of the official implementation.
+Benchmark `ep.method.leader.leader_cluster` against a baseline in the style of the official implementation.
 
 Data: 50k clustered unit rows, d = 640 (2000 random centres, per-cluster noise scales log-uniform in
 [0.3, 3], fixed seed). Three thresholds give roughly 2.4k, 18.8k and 50k (every row) regions.
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ep.leader import dot64, leader_cluster, leader_cluster_reference  # noqa: E402
+from ep.method.leader import dot64, leader_cluster, leader_cluster_reference  # noqa: E402
 
 OFFICIAL = {"few": 1.1, "mid": 6.0, "all": 18.0}  # seconds reported for the official implementation
 THRESHOLDS = {"few": 0.873, "mid": 0.6, "all": 0.06}  # cosine distance; tuned on the 50k data set

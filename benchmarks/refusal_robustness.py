@@ -31,8 +31,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ep  # noqa: E402
-from ep import interventions as I  # noqa: E402
-from ep import refusal as R  # noqa: E402
+from ep.model import interventions as I  # noqa: E402
+from ep.studies import refusal as R  # noqa: E402
 
 # notebook 04's defaults
 MODEL, SWEEP, PERCENTILE, MIN_MEMBERS = "qwen2.5-coder-0.5b-instruct", (8, 12, 16, 20), 8.0, 5
@@ -151,7 +151,7 @@ def main() -> None:
         start = time.perf_counter()
         results.append(run_seed(model, seed))
         print(f"seed {seed}: {time.perf_counter() - start:.0f} s", json.dumps(results[-1]["rates"]), flush=True)
-    machine = ep.notebook.machine()
+    machine = ep.show.notebook.machine()
     header = (f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
               f"{datetime.datetime.now().isoformat(timespec='seconds')}; load average {load:.1f} -> "
               f"{os.getloadavg()[0]:.1f}.")

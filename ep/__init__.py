@@ -1,23 +1,23 @@
 """ep: Exemplar Partitioning, the helper package behind the tutorial notebooks.
 
-Bottom to top (nothing lower imports anything higher):
-- ``data``, ``models``: corpora/prompt sets and models by name (offline mirror or hub);
-- ``activations``: residual-stream extractors (nnsight), streamed with provenance;
-- ``leader``, ``calibration``, ``dictionary``: the method itself, on plain arrays, no model code;
-- ``notebook``, ``plots``: what every notebook calls and draws.
+Four layers, bottom to top; a module imports only from its own layer or the ones below
+(``tests/test_layers.py`` fails on an upward import):
+
+1. ``ep.method`` (leader clustering, calibration, the ``Dictionary``, the builder, metrics) and
+   ``ep.data`` (corpora and prompt sets by name): plain arrays and files, no model code;
+2. ``ep.show``: displays and plots of what it is given;
+3. ``ep.model``: loading a model by name, chat formats, activation extraction (nnsight),
+   interventions, and the one-call pipeline from texts to a dictionary;
+4. ``ep.studies``: one module per demonstration (ood, refusal, finetune, matching, sae, compare,
+   probes, axbench).
+
+The names below are the package's public surface: ``import ep`` and use them as ``ep.NAME``.
 """
 
-__version__ = "0.1.0"
-
 from . import data
-from .activations import (
-    ActivationBatch,
-    final_activations,
-    iter_final_activations,
-    iter_token_activations,
-    token_activations,
-)
-from .calibration import (
+from ._version import __version__
+from .method.builder import DictionaryBuilder, build_dictionary
+from .method.calibration import (
     Calibration,
     cached_calibration,
     calibrate,
@@ -25,7 +25,40 @@ from .calibration import (
     spherical_centre,
     to_directions,
 )
-from .dictionary import Dictionary, DictionaryBuilder, DictionaryFormatError, build_dictionary
-from .leader import LeaderClustering, leader_cluster
-from .models import load_model
-from .notebook import save_results, setup
+from .method.dictionary import Dictionary, DictionaryFormatError
+from .method.leader import LeaderClustering, leader_cluster, leader_cluster_reference
+from .model.activations import (
+    ActivationBatch,
+    final_activations,
+    iter_final_activations,
+    iter_token_activations,
+    token_activations,
+)
+from .model.loading import load_model
+from .show.notebook import save_results, setup
+
+__all__ = [
+    "ActivationBatch",
+    "Calibration",
+    "Dictionary",
+    "DictionaryBuilder",
+    "DictionaryFormatError",
+    "LeaderClustering",
+    "__version__",
+    "build_dictionary",
+    "cached_calibration",
+    "calibrate",
+    "data",
+    "final_activations",
+    "iter_final_activations",
+    "iter_token_activations",
+    "leader_cluster",
+    "leader_cluster_reference",
+    "load_model",
+    "percentile_threshold",
+    "save_results",
+    "setup",
+    "spherical_centre",
+    "to_directions",
+    "token_activations",
+]

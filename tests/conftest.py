@@ -11,6 +11,6 @@ os.environ.setdefault("EP_DATA_DIR", str(REPO.parent / "shared" / "data"))
 @pytest.fixture(scope="session")
 def gemma():
     """The embedded Gemma 3 270M base model (converted once to a float checkpoint, then cached)."""
-    from ep.models import load_model
+    from ep.model.loading import load_model
 
     return load_model("gemma-3-270m")

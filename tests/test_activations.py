@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from ep import activations as A
 from ep import data
+from ep.model import activations as A
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",

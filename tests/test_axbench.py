@@ -6,8 +6,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from ep import axbench as ax
-from ep import metrics
+from ep.method import metrics
+from ep.studies import axbench as ax
 
 
 def _rows(n_rows=6, per_row=5, d=8, seed=0, output_from=2):

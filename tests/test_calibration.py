@@ -1,11 +1,11 @@
-"""Tests for ep.calibration: spherical centre, percentile threshold, cache."""
+"""Tests for ep.method.calibration: spherical centre, percentile threshold, cache."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.spatial.distance import pdist
 
-from ep.calibration import (
+from ep.method.calibration import (
     Calibration,
     batch_percentiles,
     cached_calibration,

@@ -1,9 +1,9 @@
-"""Tests for ep.chat: the Gemma turn format written directly and as a Jinja template agree."""
+"""Tests for ep.model.chat: the Gemma turn format written directly and as a Jinja template agree."""
 
 import jinja2
 import pytest
 
-from ep.chat import CHAT_TEMPLATE, chat_prompt, chat_prompts
+from ep.model.chat import CHAT_TEMPLATE, chat_prompt, chat_prompts
 
 
 def test_chat_prompt_is_the_gemma_turn_format():

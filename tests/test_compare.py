@@ -1,4 +1,4 @@
-"""Tests for ep.compare: top-token sets, set F1 / Dice, best and one-to-one matches, compute counts."""
+"""Tests for ep.studies.compare: top-token sets, set F1 / Dice, best and one-to-one matches, compute counts."""
 
 import itertools
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import ep
-from ep import compare as C
+from ep.studies import compare as C
 
 
 def test_top_tokens_matches_a_full_sort():

@@ -1,4 +1,4 @@
-"""Tests for ep.dictionary: streaming builder vs slow references, assign, file format."""
+"""Tests for ep.method.dictionary: streaming builder vs slow references, assign, file format."""
 
 import json
 import pickle
@@ -9,11 +9,12 @@ import pytest
 import torch
 from safetensors.torch import save as st_save
 
-import ep.dictionary as epd
-from ep.activations import ActivationBatch as Batch
-from ep.calibration import Calibration, calibrate, canonical_json, save_arrays, to_directions
-from ep.dictionary import Dictionary, DictionaryBuilder, DictionaryFormatError, _merge_top, build_dictionary
-from ep.leader import dot64, leader_cluster
+import ep.method.dictionary as epd
+from ep.method.builder import DictionaryBuilder, _merge_top, build_dictionary
+from ep.method.calibration import Calibration, calibrate, canonical_json, save_arrays, to_directions
+from ep.method.dictionary import Dictionary, DictionaryFormatError
+from ep.method.leader import dot64, leader_cluster
+from ep.model.activations import ActivationBatch as Batch
 
 
 def _acts(n=1500, d=16, seed=0):
@@ -319,7 +320,7 @@ def test_load_path_uses_no_pickle(small, tmp_path, monkeypatch):
         monkeypatch.setattr(pickle, name, boom)
     monkeypatch.setattr(torch, "load", boom)
     _assert_same(Dictionary.load(path), small)
-    for mod in (epd, __import__("ep.calibration").calibration):
+    for mod in (epd, __import__("ep.method.calibration").method.calibration):
         src = Path(mod.__file__).read_text()
         assert "import pickle" not in src and "torch.load(" not in src and "np.load(" not in src
 

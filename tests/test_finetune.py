@@ -1,4 +1,4 @@
-"""Tests for ep.finetune on a tiny random Gemma 3 (no embedded model needed), and loading it by name."""
+"""Tests for ep.studies.finetune on a tiny random Gemma 3 (no embedded model needed), and loading it by name."""
 
 import json
 
@@ -7,7 +7,7 @@ from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
 
 import ep
-from ep.finetune import Recipe, collate, encode_pairs, lora_finetune, response_loss
+from ep.studies.finetune import Recipe, collate, encode_pairs, lora_finetune, response_loss
 
 WORDS = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "user", "model", "\n",
          "what", "is", "red", "blue", "a", "colour", "the", "sky", "?", "."]
@@ -76,7 +76,7 @@ def test_load_model_finds_a_checkpoint_in_the_cache(tmp_path, monkeypatch):
     _tokenizer().save_pretrained(tmp_path / "tiny-it")
     model, info = ep.load_model("tiny-it", device="cpu")
     assert (info.name, info.n_layers, info.d_model) == ("tiny-it", 2, 32)
-    assert ep.models._cached_checkpoint("google/gemma-2-2b") is None  # hub ids still go to the hub
+    assert ep.model.loading._cached_checkpoint("google/gemma-2-2b") is None  # hub ids still go to the hub
 
 
 def test_cached_sibling_is_reused_without_training(tmp_path, monkeypatch):
@@ -88,5 +88,5 @@ def test_cached_sibling_is_reused_without_training(tmp_path, monkeypatch):
     log = {"recipe": json.loads(json.dumps(recipe.__dict__)), "pairs": [["q", "a"]], "losses": [2.0, 1.0],
            "seconds": {"total": 1.0}}
     (out / "training.json").write_text(json.dumps(log))
-    sibling = ep.finetune.instruct_sibling("toy", progress=False)  # would fail to load "toy" if it trained
+    sibling = ep.studies.finetune.instruct_sibling("toy", progress=False)  # would fail to load "toy" if it trained
     assert sibling.cached and sibling.name == "toy-it-lora" and sibling.recipe == recipe and sibling.losses == [2, 1]

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from ep import interventions as I
+from ep.model import interventions as I
 
 D = 16
 

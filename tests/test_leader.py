@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ep.leader import (
+from ep.method.leader import (
     SAFETY,
     U_BF16,
     LeaderClustering,

@@ -1,4 +1,4 @@
-"""Tests for ep.matching: Hungarian matching of dictionaries, membership agreement, layer ladder."""
+"""Tests for ep.studies.matching: Hungarian matching of dictionaries, membership agreement, layer ladder."""
 
 import itertools
 
@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from ep.activations import ActivationBatch as Batch
-from ep.calibration import Calibration
-from ep.dictionary import Dictionary, build_dictionary
-from ep.matching import (
+from ep.method.builder import build_dictionary
+from ep.method.calibration import Calibration
+from ep.method.dictionary import Dictionary
+from ep.model.activations import ActivationBatch as Batch
+from ep.studies.matching import (
     direction_shift,
     exemplar_cosine,
     layer_ladder,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from ep import ood
+from ep.studies import ood
 
 
 def test_auroc_and_roc():

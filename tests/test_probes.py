@@ -1,11 +1,11 @@
-"""Tests for ep.probes: tasks from the data loaders, pooling and bags of units, cross-validated probes."""
+"""Tests for ep.studies.probes: tasks from the data loaders, pooling and bags of units, cross-validated probes."""
 
 import numpy as np
 import pytest
 import torch
 
-from ep import probes as P
-from ep.activations import ActivationBatch
+from ep.model.activations import ActivationBatch
+from ep.studies import probes as P
 
 
 def test_one_hot():

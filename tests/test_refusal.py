@@ -3,8 +3,8 @@ import pytest
 import torch
 
 import ep
-from ep import interventions as I
-from ep import refusal as R
+from ep.model import interventions as I
+from ep.studies import refusal as R
 
 TEXTS = ["The capital of France is", "One, two, three,", "def fibonacci(n):"]
 

@@ -1,10 +1,10 @@
-"""Tests for ep.sae: a TopK SAE trained with sae-lens on synthetic sparse data, and its helpers."""
+"""Tests for ep.studies.sae: a TopK SAE trained with sae-lens on synthetic sparse data, and its helpers."""
 
 import numpy as np
 import pytest
 import torch
 
-from ep import sae as S
+from ep.studies import sae as S
 
 
 @pytest.fixture(autouse=True)

@@ -7,12 +7,13 @@ keyed by everything it depends on.
 
 from __future__ import annotations
 
-from . import __version__
+from .._version import __version__
+from ..data import corpus
+from ..method.builder import build_dictionary
+from ..method.calibration import Calibration, cached_calibration, calibrate
+from ..method.dictionary import Dictionary
 from .activations import iter_token_activations, token_activations
-from .calibration import Calibration, cached_calibration, calibrate
-from .data import corpus
-from .dictionary import Dictionary, build_dictionary
-from .models import cache_dir
+from .loading import cache_dir
 
 
 def corpus_dictionary(

@@ -7,7 +7,7 @@ Two ways, one module, so no other file spells a template out:
 - :func:`chat_prompt` writes Gemma's turn markup directly. Base Gemma has no chat template, but its
   tokenizer knows the turn tokens, and this is exactly the text Gemma-2/3-it's template produces (minus
   BOS, which the tokenizer adds). :data:`CHAT_TEMPLATE` is the same format as a Jinja template, saved
-  with the LoRA sibling's tokenizer (``ep.finetune``).
+  with the LoRA sibling's tokenizer (``ep.studies.finetune``).
 """
 
 from __future__ import annotations

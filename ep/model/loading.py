@@ -131,7 +131,7 @@ def _float_checkpoint(name: str) -> Path:
 
 
 def _cached_checkpoint(name: str) -> Path | None:
-    """A checkpoint saved under ``cache_dir() / name`` (e.g. a model made by ``ep.finetune``), if there is one."""
+    """A checkpoint saved under ``cache_dir() / name`` (e.g. one made by ``ep.studies.finetune``), if there is one."""
     path = cache_dir() / name
     return path if (path / "config.json").exists() else None
 

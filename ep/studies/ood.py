@@ -13,7 +13,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_curve
 
-from . import metrics
+from ..method import metrics
 
 
 def nearest_exemplar_distance(dictionary, acts) -> np.ndarray:

@@ -3,10 +3,10 @@
 The refusal demonstration (notebook 04) asks one question many times: *does the model refuse this
 prompt, with or without an edit to its residual stream?* Three pieces answer it:
 
-- :func:`chat_prompts` (``ep.chat``) wraps each instruction in the model's own chat template, ending
+- :func:`chat_prompts` (``ep.model.chat``) wraps each instruction in the model's own chat template, ending
   where the assistant's reply begins (the "final position" whose activation we study);
 - :func:`generate` runs greedy generation in left-padded batches through nnsight. It can apply an
-  ``edit`` to chosen decoder-block outputs at every step and every position (see ``ep.interventions``),
+  ``edit`` to chosen decoder-block outputs at every step and every position (see ``ep.model.interventions``),
   and it can record, from the same pass, the prompts' final-position activations at chosen layers, so
   labelling the build prompts and reading their activations costs one forward, not two;
 - :func:`is_refusal` labels a completion by substring matching against :data:`REFUSAL_SUBSTRINGS`.
@@ -30,11 +30,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .activations import ActivationBatch, decoder_layers
-from .calibration import calibrate
-from .chat import chat_prompts  # noqa: F401  (part of this module's interface: R.chat_prompts)
-from .dictionary import build_dictionary
-from .interventions import diff_in_means, subspace_cosine
+from ..method.builder import build_dictionary
+from ..method.calibration import calibrate
+from ..model.activations import ActivationBatch, decoder_layers
+from ..model.chat import chat_prompts  # noqa: F401  (part of this module's interface: R.chat_prompts)
+from ..model.interventions import diff_in_means, subspace_cosine
 
 # Arditi et al. 2024, pipeline/submodules/evaluate_jailbreak.py (after JailbreakBench's classifier).
 REFUSAL_SUBSTRINGS: tuple[str, ...] = (
@@ -69,7 +69,7 @@ def refusal_labels(completions: Sequence[str], substrings: Sequence[str] = REFUS
 
 
 class Edit(Protocol):
-    """What :func:`generate` needs from an intervention (e.g. ``ep.interventions.Ablation``).
+    """What :func:`generate` needs from an intervention (e.g. ``ep.model.interventions.Ablation``).
 
     ``layers``: the decoder blocks it edits. ``edit(hidden, layer)`` maps a block's output
     [batch, pos, d] to its replacement; it is called at every generation step (the whole prompt at

@@ -15,7 +15,7 @@ Sets are sparse (n of N tokens), so all K x F intersections come from one sparse
 
 Compute: EP's build cost is its comparisons, 2·d FLOPs per (token, existing exemplar) pair, which the
 dictionary lets us count exactly (each exemplar's stream index says how many tokens it was compared
-with), plus the calibration's pairwise distances; the SAE's is ``ep.sae.sae_flops``.
+with), plus the calibration's pairwise distances; the SAE's is ``ep.studies.sae.sae_flops``.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def pair_html(contexts, doc: np.ndarray, pos: np.ndarray, region: int, region_se
               feature_set: np.ndarray, f1: float, n: int = 3, window: int = 8) -> str:
     """A card for one region/feature pair: the top ``n`` tokens of each, as contexts side by side.
 
-    ``contexts`` is an ``ep.display.Contexts`` of the held-out documents; doc/pos [N] locate each row.
+    ``contexts`` is an ``ep.show.display.Contexts`` of the held-out documents; doc/pos [N] locate each row.
     Tokens in both sets are marked ●.
     """
     shared = set(region_set[region_set >= 0].tolist()) & set(feature_set[feature_set >= 0].tolist())

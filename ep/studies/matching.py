@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .dictionary import Dictionary
+from ..method.dictionary import Dictionary
 
 
 def exemplar_cosine(a: Dictionary, b: Dictionary) -> np.ndarray:

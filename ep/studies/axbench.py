@@ -31,11 +31,11 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
-from .activations import ActivationBatch, decoder_layers
-from .calibration import calibrate, to_directions
-from .chat import chat_prompt
-from .dictionary import build_dictionary
-from .metrics import auroc, auroc_columns
+from ..method.builder import build_dictionary
+from ..method.calibration import calibrate, to_directions
+from ..method.metrics import auroc, auroc_columns
+from ..model.activations import ActivationBatch, decoder_layers
+from ..model.chat import chat_prompt
 
 LABELS = {"positive": 1, "negative": 0}  # everything else (hard negatives) is left out, as in AxBench
 
@@ -47,7 +47,7 @@ def template_row(tokenizer, prompt: str, output: str) -> tuple[str, tuple[int, i
     """One AxBench row as a chat turn → (text without BOS, character span of the output in it).
 
     Uses the tokenizer's own chat template when it has one (e.g. ``google/gemma-2-2b-it``), else Gemma's
-    turn markup (``ep.chat.chat_prompt``, the same text). Both are stripped, as the Gemma template trims them.
+    turn markup (``ep.model.chat.chat_prompt``, the same text). Both are stripped, as the Gemma template trims them.
     """
     output = output.strip()
     if getattr(tokenizer, "chat_template", None):

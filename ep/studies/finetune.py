@@ -13,7 +13,7 @@ such pair ships, so we make one from the embedded base model, honestly and cheap
    with the loss on the answer and its ``<end_of_turn>`` only. The LM head (262k wide for Gemma 3)
    is the expensive part of a step, so it is applied only at those positions.
 3. **Merge and cache** (:func:`instruct_sibling`): the adapters are merged into a float checkpoint
-   saved atomically under ``ep.models.cache_dir() / name`` with a chat template, so
+   saved atomically under ``ep.model.loading.cache_dir() / name`` with a chat template, so
    ``ep.load_model(name)`` loads it exactly like the base. A rerun with the same recipe reuses it.
 """
 
@@ -29,8 +29,8 @@ from pathlib import Path
 
 import torch
 
-from .chat import CHAT_TEMPLATE, END_OF_TURN, chat_prompt
-from .models import cache_dir, load_model
+from ..model.chat import CHAT_TEMPLATE, END_OF_TURN, chat_prompt
+from ..model.loading import cache_dir, load_model
 
 FEW_SHOT = (
     ("Name the three primary colours.", "Red, yellow and blue."),
@@ -197,7 +197,7 @@ def instruct_sibling(base: str = "gemma-3-270m", name: str | None = None, progre
     ``recipe`` overrides fields of :class:`Recipe`. The checkpoint lives in ``cache_dir() / name``
     (default ``{base}-it-lora``) and loads with ``ep.load_model(name)``.
     """
-    from .data import instructions
+    from ..data import instructions
 
     spec = Recipe(base=base, **recipe)
     name = name or f"{base.replace('/', '--')}-it-lora"

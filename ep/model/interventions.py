@@ -13,7 +13,7 @@ harmful prompts to 0 (past the harmless ones when s ≈ 0), centred removal only
 the centre is halfway. Notebook 04 measures which one collapses refusal.
 
 With k directions (the top-k regions), they are first orthonormalised and the whole span is removed:
-x → x − Q Qᵀ (x − c) (c = 0 for plain). The :class:`Ablation` is an edit for ``ep.refusal.generate``,
+x → x − Q Qᵀ (x − c) (c = 0 for plain). The :class:`Ablation` is an edit for ``ep.studies.refusal.generate``,
 applied to the output of each chosen decoder block at every position and every generation step;
 :class:`PerLayer` applies several at once, each at its own layer (e.g. every layer's own refusal region).
 """
@@ -57,7 +57,7 @@ def project_out(x: torch.Tensor, basis: torch.Tensor, centre: torch.Tensor | Non
 class Ablation:
     """Remove ``directions`` [k, d] (orthonormalised) from the output of each block in ``layers``.
 
-    ``centre`` [d] selects centred removal (``None``: plain). Pass it to ``ep.refusal.generate(edit=...)``.
+    ``centre`` [d] selects centred removal (``None``: plain). Pass it to ``ep.studies.refusal.generate(edit=...)``.
     """
 
     directions: torch.Tensor

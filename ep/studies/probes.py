@@ -27,8 +27,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
-from . import data
-from .activations import ActivationBatch, token_activations
+from .. import data
+from ..model.activations import ActivationBatch, token_activations
 
 
 @dataclass

@@ -1,0 +1,8 @@
+"""The method itself, on plain arrays: no model code is imported here.
+
+- ``leader``: leader clustering of unit rows, the plain reference loop and the fast exact one;
+- ``calibration``: the frozen spherical centre and the percentile threshold θ;
+- ``dictionary``: the ``Dictionary`` (a Voronoi partition around exemplars) and its file format;
+- ``builder``: streaming construction of a dictionary from activation batches;
+- ``metrics``: detection metrics (AUROC) shared by the studies.
+"""

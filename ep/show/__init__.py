@@ -1,0 +1,3 @@
+"""Showing results: region contexts as HTML, plots, and what every notebook calls (setup, results).
+Draws what it is given; imports nothing from the layers that talk to a model.
+"""
