@@ -18,6 +18,7 @@ ALLOWED = {
     "show": {"show", "method", "data"},
     "model": {"model", "method", "data"},
     "studies": {"studies", "model", "method", "data", "show"},
+    "exercises": {"exercises", "studies", "model", "method", "data", "show"},  # checks learners against all of them
 }
 
 
