@@ -131,9 +131,13 @@ class Context:
     pos: int                   # token position in that document
     token: int                 # token id (-1: not stored, e.g. a published dictionary)
     text: tuple[str, str, str] | None  # (left, token, right), or None when not kept
+    document: str | None = None        # the whole document's text, when only that is kept
 
     def html(self, width: int = 80) -> str:
         """The context with its token highlighted (or the best that is stored)."""
+        if self.text is None and self.document is not None:
+            clipped = self.document if len(self.document) <= 2 * width else self.document[:2 * width] + "…"
+            return f"<i>token {self.pos} of:</i> {html.escape(clipped)}"
         if self.text is None:
             return f"<i>doc {self.doc}, position {self.pos}, token id {self.token} (no text stored)</i>"
         return highlight_html(*self.text, width=width)
@@ -159,8 +163,8 @@ class Region:
     farthest: list[Context]
 
     def __repr__(self) -> str:
-        show = lambda c: (repr("".join((c.text[0][-30:], "[[", c.text[1], "]]", c.text[2][:30])))
-                          if c.text else f"doc {c.doc} pos {c.pos}")
+        show = lambda c: (repr("".join((c.text[0][-30:], "[[", c.text[1], "]]", c.text[2][:30]))) if c.text
+                          else f"token {c.pos} of {c.document[:60]!r}" if c.document else f"doc {c.doc} pos {c.pos}")
         lines = [f"Region {self.index}: {self.count} members, coherence {self.coherence:.3f}",
                  f"  exemplar        {show(self.exemplar)}"]
         lines += [f"  {c.kind:8s} {c.distance:.3f}  {show(c)}" for c in self.nearest + self.farthest]
@@ -245,7 +249,8 @@ class Dictionary:
             triple = tuple(lookup(doc, pos))
         else:
             triple = None
-        return Context(kind, dist, doc, pos, token, triple)
+        document = self.documents[doc] if triple is None and 0 <= doc < len(self.documents) else None
+        return Context(kind, dist, doc, pos, token, triple, document)
 
     def region(self, k: int, lookup: Callable[[int, int], tuple[str, str, str]] | None = None) -> Region:
         """
@@ -318,6 +323,14 @@ class Dictionary:
     def save(self, path) -> None:
         """Atomically write one .safetensors file (arrays + checksummed JSON header)."""
         save_arrays(path, self._arrays(), self._info(), _META_KEY)
+
+    @staticmethod
+    def from_hub(model_short: str = "gemma-2-2b", layer: int = 12, percentile: int = 10, **kwargs) -> Dictionary:
+        """A dictionary the paper's authors published (J-RUM/exemplar-partitioning), opened without
+        running code from the file: see ep.method.published.from_hub."""
+        from .published import from_hub
+
+        return from_hub(model_short, layer, percentile, **kwargs)
 
     @staticmethod
     def load(path) -> Dictionary:
