@@ -176,8 +176,8 @@ _ADMITTED = {
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
-        try:
-            return _ADMITTED[(module, name)]
+        try:  # protocol <= 2 writes Python 2's spelling of builtins
+            return _ADMITTED[("builtins" if module == "__builtin__" else module, name)]
         except KeyError:
             raise DictionaryFormatError(f"refused global {module}.{name}: not one a published dictionary needs "
                                         "(nothing was executed)") from None
