@@ -58,6 +58,10 @@ def test_with_contexts_keeps_text_through_a_file(small, tmp_path):
     near = [c for c in small.nearest_contexts[k].tolist() if c[0] >= 0]
     assert [c.text for c in r.nearest] == [lookup(dc, p) for dc, p, _, _ in near]
     assert [c.distance for c in r.nearest] == pytest.approx(small.nearest_dist[k, :len(near)].tolist())
+    nf = [(c.doc, c.pos) for c in r.nearest + r.farthest]
+    assert len(nf) == len(set(nf)) and (r.exemplar.doc, r.exemplar.pos) not in nf  # each context listed once
+    small_k = int(np.nonzero(small.counts.numpy() == 2)[0][0])  # one member besides the exemplar
+    assert len(small.region(small_k).nearest) == 1 and small.region(small_k).farthest == []
     html = r._repr_html_()
     assert f"<mark style='background:#ffd54f;padding:0 2px'><b>T{doc}.{pos}</b></mark>" in html
     assert "&lt;&amp;&gt;" in html and "<&>" not in html  # escaped

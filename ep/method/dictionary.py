@@ -256,17 +256,21 @@ class Dictionary:
         """
         Region k: its exemplar, the stored members nearest to and farthest from it (with their
         text when kept, see with_contexts; else from ``lookup(doc, pos)`` if given). A Region
-        shows itself as an HTML card in a notebook. Members identical to the exemplar's own
-        context (published files list the exemplar among its nearest) are shown once.
+        shows itself as an HTML card in a notebook. Each context is listed once: a small region's
+        nearest and farthest members overlap, and published files list the exemplar among its nearest.
         """
         k = int(k)
         if not 0 <= k < len(self):
             raise IndexError(f"region {k} out of range for a dictionary of {len(self)} regions")
-        ex = self._context("exemplar", k, 0, lookup)
-        members = {kind: [self._context(kind, k, j, lookup) for j in range(self.n_samples)
-                          if int(ctx[k, j, 0]) >= 0 and (int(ctx[k, j, 0]), int(ctx[k, j, 1])) != (ex.doc, ex.pos)]
-                   for kind, ctx in (("nearest", self.nearest_contexts), ("farthest", self.farthest_contexts))}
-        return Region(k, int(self.counts[k]), float(self.coherence[k]), ex, members["nearest"], members["farthest"])
+        shown = {(int(self.exemplar_context[k, 0]), int(self.exemplar_context[k, 1]))}
+        members = {}
+        for kind, ctx in (("nearest", self.nearest_contexts), ("farthest", self.farthest_contexts)):
+            rows = ctx[k, :, :2].tolist()
+            where = [(j, (doc, pos)) for j, (doc, pos) in enumerate(rows) if doc >= 0]
+            members[kind] = [self._context(kind, k, j, lookup) for j, key in where if key not in shown]
+            shown |= {key for _, key in where}
+        return Region(k, int(self.counts[k]), float(self.coherence[k]), self._context("exemplar", k, 0, lookup),
+                      members["nearest"], members["farthest"])
 
     def with_contexts(self, lookup: Callable[[int, int], tuple[str, str, str]]) -> Dictionary:
         """
