@@ -27,8 +27,8 @@ tutorial: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check ep tests notebooks benchmarks
-	$(BIN)/python -m pytest --durations=15 --ignore=tests/book
-	$(BIN)/python -m pytest -q tests/book   # the rendered book, from the notebooks the run above executed
+	$(BIN)/python -m pytest --durations=15
+	EP_BOOK_TEST=1 $(BIN)/python -m pytest -q tests/book   # the rendered book, from the notebooks just executed
 
 book: $(BIN)/.installed
 	@test -n "$$(ls $(OUT)/[0-9][0-9]_*.ipynb 2>/dev/null)" || $(MAKE) tutorial

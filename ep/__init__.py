@@ -12,6 +12,7 @@ Four layers, bottom to top; a module imports only from its own layer or the ones
    probes, axbench).
 
 The names below are the package's public surface: ``import ep`` and use them as ``ep.NAME``.
+``ep.exercises`` (the notebooks' checked exercises) sits above all four layers and loads on first use.
 """
 
 from . import data
@@ -37,6 +38,16 @@ from .model.activations import (
 from .model.loading import load_model
 from .show.notebook import save_results, setup
 
+
+def __getattr__(name: str):
+    """``ep.exercises`` loads on first use: it imports every layer, which ``import ep`` need not."""
+    if name == "exercises":
+        import importlib
+
+        return importlib.import_module(".exercises", __name__)
+    raise AttributeError(f"module 'ep' has no attribute {name!r}")
+
+
 __all__ = [
     "ActivationBatch",
     "Calibration",
@@ -49,6 +60,7 @@ __all__ = [
     "cached_calibration",
     "calibrate",
     "data",
+    "exercises",
     "final_activations",
     "iter_final_activations",
     "iter_token_activations",

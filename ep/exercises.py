@@ -29,6 +29,8 @@ from scipy.optimize import linear_sum_assignment
 from .method.calibration import spherical_centre, to_directions
 from .method.leader import leader_cluster_reference
 from .model.interventions import diff_in_means, project_out
+from .studies.stability import resolution_parents
+from .studies.steering import Steer, toward_exemplar
 
 
 @dataclass(frozen=True)
@@ -189,6 +191,23 @@ def _concept_inputs(rng: np.random.Generator) -> tuple:
     return base + rng.normal(0, 0.1, size=(20, k)), neg
 
 
+def _steer_inputs(rng: np.random.Generator) -> tuple:
+    hidden = _acts(rng)
+    return hidden, rng.normal(size=hidden.shape[1]) * 3, float(rng.uniform(0.1, 2)), float(rng.uniform(1, 50))
+
+
+def _toward_inputs(rng: np.random.Generator) -> tuple:
+    d = int(rng.integers(4, 16))
+    return rng.normal(size=d) * 5 + 3, rng.normal(size=d), _unit(rng.normal(size=d)), float(rng.uniform(0, 1))
+
+
+def _parent_inputs(rng: np.random.Generator) -> tuple:
+    n, n_fine, n_coarse = int(rng.integers(20, 80)), int(rng.integers(3, 12)), int(rng.integers(2, 6))
+    fine = rng.integers(0, n_fine - 1, size=n)  # the last fine region gets no token: its parent is -1
+    coarse = np.where(rng.random(n) < 0.7, fine % n_coarse, rng.integers(0, n_coarse, size=n))
+    return fine, coarse, n_fine
+
+
 # -----------------------------------------------------------------------------
 # the exercises
 
@@ -270,10 +289,43 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in [
         wrong={"prefix included": lambda a, p, e: float((a @ e).max()),
                "mean pooling": lambda a, p, e: float((a[p:] @ e).mean())}),
     Exercise(
+        "steer", "08", "steer(hidden [N, d], direction [d], strength, unit) -> hidden + strength·unit·(unit direction)",
+        _steer_inputs,
+        lambda h, v, a, s: _np(Steer(torch.as_tensor(v), a, s, 0)(torch.as_tensor(h), 0)).astype(np.float64),
+        wrong={"direction not normalised": lambda h, v, a, s: h + a * s * v,
+               "unit ignored": lambda h, v, a, s: h + a * v / np.linalg.norm(v)}, rtol=1e-4, atol=1e-3),
+    Exercise(
+        "toward_exemplar", "08", "toward_exemplar(x [d], centre [d], target [d] unit, amount) -> x, rotated",
+        _toward_inputs,
+        lambda x, c, t, a: _np(toward_exemplar(*map(torch.as_tensor, (x, c, t)), a)).astype(np.float64),
+        wrong={"norm not kept": lambda x, c, t, a: c + (1 - a) * (x - c) + a * t,
+               "no centre": lambda x, c, t, a: np.linalg.norm(x) * _unit((1 - a) * _unit(x) + a * t)},
+        rtol=1e-4, atol=1e-3),
+    Exercise(
+        "new_per_batch", "09", "new_per_batch(region_counts [n]) -> new regions added by each batch [n]",
+        lambda rng: (np.cumsum(rng.integers(0, 30, size=int(rng.integers(3, 20)))),),
+        lambda counts: np.diff(np.r_[0, counts]),
+        wrong={"first batch dropped": lambda c: np.diff(c), "cumulative": lambda c: c}),
+    Exercise(
+        "majority_parent", "09", "majority_parent(fine_ids [N], coarse_ids [N], n_fine) -> parent [n_fine]",
+        _parent_inputs, lambda f, c, n: resolution_parents(f, c, n)[0],
+        wrong={"first token's region": lambda f, c, n: np.array([c[f == i][0] if (f == i).any() else -1
+                                                                 for i in range(n)]),
+               "ties to the highest id": lambda f, c, n: _parent_ties_high(f, c, n)}),
+    Exercise(
         "concept_region", "07", "concept_region(pos_cos [Np, K], neg_cos [Nn, K]) -> region id",
         _concept_inputs, _concept_region,
         wrong={"positives only": lambda p, n: int(np.argmax(p.mean(0)))}),
 ]}
+
+
+def _parent_ties_high(fine: np.ndarray, coarse: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, -1)
+    for i in range(n):
+        b = np.bincount(coarse[fine == i])
+        if len(b):
+            out[i] = len(b) - 1 - np.argmax(b[::-1])
+    return out
 
 
 def _leader_ge(u: np.ndarray, theta: float) -> np.ndarray:
@@ -359,10 +411,131 @@ def check(name: str, fn: Callable, trials: int = 6, must_pass: bool = False, qui
 
 
 def solution(name: str) -> Callable:
-    """The reference implementation of exercise ``name`` (what a filled-in solution computes)."""
-    return EXERCISES[name].reference
+    """The worked solution of exercise ``name``: plain numpy, as a learner would write it (see SOLUTIONS)."""
+    return SOLUTIONS[name]
+
+
+def solution_source(name: str) -> str:
+    """The worked solution's source, as the notebook's solution dropdown shows it."""
+    import inspect
+
+    return inspect.getsource(SOLUTIONS[name]).replace(f"def {name}_solution(", f"def {name}(")
 
 
 def for_notebook(notebook: str) -> list[Exercise]:
     """The exercises posed in one notebook, e.g. ``for_notebook("02")``."""
     return [e for e in EXERCISES.values() if e.notebook == notebook]
+
+
+# -----------------------------------------------------------------------------
+# worked solutions: what a learner would write, in plain numpy. The notebooks show them in a dropdown
+# (tests/test_exercises.py checks the text there is this source) and CI runs them with fill_solutions=True.
+
+def spherical_centre_solution(acts):
+    unit = acts / np.linalg.norm(acts, axis=1, keepdims=True)
+    direction = unit.mean(axis=0)
+    direction /= np.linalg.norm(direction)
+    return (acts.mean(axis=0) @ direction) * direction
+
+
+def to_directions_solution(acts, centre):
+    x = acts - centre
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def theta_percentile_solution(u, p):
+    i, j = np.triu_indices(len(u), k=1)  # each pair once, no self-pairs
+    return np.percentile(1 - (u[i] * u[j]).sum(axis=1), p)
+
+
+def leader_rule_solution(u, theta):
+    exemplars = []
+    for i in range(len(u)):
+        if all(1 - u[i] @ u[e] > theta for e in exemplars):  # farther than θ from every earlier exemplar
+            exemplars.append(i)
+    return np.array(exemplars)
+
+
+def assign_solution(u, exemplars):
+    return np.argmax(u @ exemplars.T, axis=1)
+
+
+def coherence_solution(members):
+    return np.linalg.norm(members.sum(axis=0)) / len(members)
+
+
+def nearest_exemplar_distance_solution(acts, centre, exemplars):
+    u = acts - centre
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    return 1 - (u @ exemplars.T).max(axis=1)
+
+
+def document_score_solution(token_scores):
+    return float(np.mean(token_scores))
+
+
+def centred_removal_solution(x, e, c):
+    return x - np.outer((x - c) @ e, e)
+
+
+def diff_in_means_solution(pos, neg):
+    d = pos.mean(axis=0) - neg.mean(axis=0)
+    return d / np.linalg.norm(d)
+
+
+def hungarian_match_solution(cos, cutoff):
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    return {(int(r), int(c)) for r, c in zip(rows, cols) if cos[r, c] >= cutoff}
+
+
+def membership_f1_solution(a, b):
+    a, b = set(a.tolist()), set(b.tolist())
+    return 2 * len(a & b) / (len(a) + len(b))
+
+
+def top_set_solution(scores, k):
+    order = np.argsort(-scores, kind="stable")
+    return {int(i) for i in order[:k] if scores[i] > 0}
+
+
+def histogram_feature_solution(texts, basis):
+    out = np.zeros((len(texts), len(basis)))
+    for t, u in enumerate(texts):
+        for region in np.argmax(u @ basis.T, axis=1):
+            out[t, region] += 1 / len(u)
+    return out
+
+
+def max_pooled_score_solution(acts, prefix, e):
+    return float((acts[prefix:] @ e).max())
+
+
+def concept_region_solution(pos_cos, neg_cos):
+    return int(np.argmax(pos_cos.mean(axis=0) - neg_cos.mean(axis=0)))
+
+
+def steer_solution(hidden, direction, strength, unit):
+    return hidden + strength * unit * direction / np.linalg.norm(direction)
+
+
+def toward_exemplar_solution(x, centre, target, amount):
+    v = x - centre
+    w = (1 - amount) * v / np.linalg.norm(v) + amount * target
+    return centre + np.linalg.norm(v) * w / np.linalg.norm(w)
+
+
+def new_per_batch_solution(region_counts):
+    return np.diff(region_counts, prepend=0)
+
+
+def majority_parent_solution(fine_ids, coarse_ids, n_fine):
+    parent = np.full(n_fine, -1)
+    for f in range(n_fine):
+        mine = coarse_ids[fine_ids == f]
+        if len(mine):
+            parent[f] = np.argmax(np.bincount(mine))  # argmax: ties go to the lowest id
+    return parent
+
+
+SOLUTIONS: dict[str, Callable] = {name.removesuffix("_solution"): fn for name, fn in list(globals().items())
+                                  if name.endswith("_solution") and callable(fn)}

@@ -14,3 +14,6 @@ def gemma():
     from ep.model.loading import load_model
 
     return load_model("gemma-3-270m")
+
+# The book test renders notebooks executed by the notebook tests: `make test` runs it second, on purpose.
+collect_ignore = [] if os.environ.get("EP_BOOK_TEST") else ["book"]

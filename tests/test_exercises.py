@@ -13,13 +13,23 @@ def test_at_least_two_per_notebook():
     for ex in X.EXERCISES.values():
         per[ex.notebook] = per.get(ex.notebook, 0) + 1
     assert all(n >= 2 for n in per.values()), per
-    assert {"01", "02", "03", "04", "05", "06", "07"} <= set(per)
+    assert {"01", "02", "03", "04", "05", "06", "07", "08", "09"} <= set(per)
 
 
 @pytest.mark.parametrize("name", NAMES)
 def test_reference_passes(name, capsys):
-    assert X.check(name, X.solution(name), trials=8)
+    assert X.check(name, X.EXERCISES[name].reference, trials=8)
     assert "✓" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_worked_solution_passes(name):
+    """Each notebook's worked solution is an independent implementation: it must agree with the reference."""
+    assert X.check(name, X.solution(name), trials=12, quiet=True)
+
+
+def test_every_exercise_has_a_worked_solution():
+    assert set(X.SOLUTIONS) == set(X.EXERCISES)
 
 
 @pytest.mark.parametrize("name,mistake", [(n, w) for n in NAMES for w in X.EXERCISES[n].wrong])
@@ -75,3 +85,21 @@ def test_teaching_theta_matches_the_package():
     u = X._unit(np.random.default_rng(1).normal(size=(64, 5)))
     assert X._theta(u, 5.0) == pytest.approx(ep.percentile_threshold(u.astype(np.float32), 5.0, batch_size=64),
                                              abs=1e-5)
+
+
+def test_notebook_solutions_are_the_worked_solutions():
+    """The solution a notebook shows in its dropdown is the one CI runs (fill_solutions) and the tests check."""
+    import json
+    import re
+    from pathlib import Path
+
+    shown = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            text = "".join(cell["source"])
+            if cell["cell_type"] == "markdown" and "exercise" in cell["metadata"].get("tags", []):
+                code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+                name = re.match(r"def (\w+)\(", code).group(1)
+                shown[name] = code
+                assert code.strip() == X.solution_source(name).strip(), f"{path.name}: {name} differs from ep"
+    assert shown, "no exercise found in the notebooks"

@@ -60,7 +60,8 @@ def pair_cosines(a: Dictionary, b: Dictionary, basis: str = "mean") -> dict[str,
     m = match_dictionaries(a, b, cutoff=-1.0, basis=basis)
     i, j = m.a_ids, m.b_ids
     cos = lambda x, y: (x[i].double() * y[j].double()).sum(1).numpy()
-    return {"a": i, "b": j, "mean": cos(a.mean_directions, b.mean_directions), "exemplar": cos(a.exemplars, b.exemplars)}
+    return {"a": i, "b": j, "mean": cos(a.mean_directions, b.mean_directions),
+            "exemplar": cos(a.exemplars, b.exemplars)}
 
 
 def region_stability(dictionaries: list[Dictionary]) -> dict[str, np.ndarray]:
