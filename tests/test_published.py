@@ -175,6 +175,13 @@ def test_from_hub_online_mocked(tmp_path, monkeypatch, capsys):
     with pytest.raises(FileNotFoundError, match="not published"):
         ep.Dictionary.from_hub("gemma-2-2b", 12, 3)
 
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(hf, "hf_hub_download", offline)
+    with pytest.raises(OSError, match="could not fetch.*offline, put the file at"):
+        ep.Dictionary.from_hub("gemma-2-2b", 12, 4, cache=tmp_path / "cache")
+
 
 def test_published_table():
     assert sum(len(p) for p in pub.PUBLISHED.values()) == 13

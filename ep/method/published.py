@@ -346,12 +346,17 @@ def from_hub(model_short: str = "gemma-2-2b", layer: int = 12, percentile: int =
         from huggingface_hub import HfApi, hf_hub_download
     except ImportError as e:
         raise ImportError("Dictionary.from_hub needs huggingface_hub online: pip install huggingface_hub") from e
-    info = {i.path: i for i in HfApi().get_paths_info(repo_id, [pkl], repo_type="dataset")}.get(pkl)
-    size, expected = getattr(info, "size", None), getattr(getattr(info, "lfs", None), "sha256", None)
-    if verbose:
-        said = f"{size / 1e9:.2f} GB" if size else APPROX_SIZE.get(int(percentile), "size unknown")
-        print(f"downloading {repo_id}/{pkl} ({said}; p1 files are ~6 GB, p10 ~65 MB) unless cached")
-    path = Path(hf_hub_download(repo_id=repo_id, filename=pkl, repo_type="dataset"))
+    try:
+        info = {i.path: i for i in HfApi().get_paths_info(repo_id, [pkl], repo_type="dataset")}.get(pkl)
+        size, expected = getattr(info, "size", None), getattr(getattr(info, "lfs", None), "sha256", None)
+        if verbose:
+            said = f"{size / 1e9:.2f} GB" if size else APPROX_SIZE.get(int(percentile), "size unknown")
+            print(f"downloading {repo_id}/{pkl} ({said}; p1 files are ~6 GB, p10 ~65 MB) unless cached")
+        path = Path(hf_hub_download(repo_id=repo_id, filename=pkl, repo_type="dataset"))
+    except Exception as e:
+        where = root / pkl if root else f"$EP_DATA_DIR/ep_hub/{pkl}"
+        raise OSError(f"could not fetch {repo_id}/{pkl} from the hub ({type(e).__name__}: {e}); "
+                      f"offline, put the file at {where}") from e
     try:
         meta = _read_meta(Path(hf_hub_download(repo_id=repo_id, filename=meta_json, repo_type="dataset")))
     except Exception:  # the metadata is a nicety: the pickle is what matters
