@@ -4,8 +4,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The offline data mirror sits beside the repo (../shared/data) here and in CI.
-os.environ.setdefault("EP_DATA_DIR", str(REPO.parent / "shared" / "data"))
+# The offline data mirror, when it sits beside the repo (../shared/data: here and in CI); else the loaders go upstream.
+if "EP_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
+    os.environ["EP_DATA_DIR"] = str(REPO.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
