@@ -11,10 +11,12 @@ if "EP_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir(
 
 @pytest.fixture(scope="session")
 def gemma():
-    """The embedded Gemma 3 270M base model (converted once to a float checkpoint, then cached)."""
+    """The embedded Gemma 3 270M base model in fp32 (the exactness tests compare with HF to 1e-5), cached."""
+    import torch
+
     from ep.model.loading import load_model
 
-    return load_model("gemma-3-270m")
+    return load_model("gemma-3-270m", dtype=torch.float32)
 
 # The book test renders notebooks executed by the notebook tests: `make test` runs it second, on purpose.
 collect_ignore = [] if os.environ.get("EP_BOOK_TEST") else ["book"]
