@@ -265,6 +265,18 @@ class LeaderClustering:
         finally:
             flags.allow_bf16_reduced_precision_reduction = old
 
+    def state(self) -> tuple[torch.Tensor, float, float]:
+        """What a checkpoint needs: the exemplars [K, d] and the two error-bound maxima."""
+        return self.exemplars.cpu().clone(), self._eps, self._norm
+
+    def restore(self, exemplars: torch.Tensor, eps: float, norm: float) -> None:
+        """Continue from ``state()``: the same exemplars and bounds, so every later decision is the same."""
+        x = exemplars.to(self.device, torch.float32).contiguous()
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"exemplars must be [K, {self.dim}], got {tuple(x.shape)}")
+        self._e32, self._e16, self._k = x.clone(), x.bfloat16(), x.shape[0]
+        self._eps, self._norm = float(eps), float(norm)
+
     def _append(self, rows: torch.Tensor, eps: torch.Tensor, rnorm: torch.Tensor) -> None:
         k, n = self._k, rows.shape[0]
         if n == 0:
