@@ -34,8 +34,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
-from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-from sklearn.model_selection import StratifiedKFold
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from .. import data
@@ -290,7 +290,8 @@ def _probe_accuracy(x_train, y_train, x_test, y_test, Cs, folds: int, seed: int,
         x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
     folds = max(2, min(folds, int(np.bincount(y_train).min())))
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
-    probe = LogisticRegressionCV(Cs=Cs, cv=cv, max_iter=5000).fit(x_train, y_train)
+    probe = GridSearchCV(LogisticRegression(max_iter=5000), {"C": list(Cs)}, cv=cv, scoring="accuracy")
+    probe.fit(x_train, y_train)
     return float((probe.predict(x_test) == y_test).mean())
 
 
