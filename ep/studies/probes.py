@@ -16,10 +16,10 @@ text is predicted by a probe that never saw it. Featurisations of the same texts
 - **raw**: one vector per text (the mean over its tokens, or its final token), standardised: the ceiling;
 - **EP one-hot**: the id of that vector's nearest EP region (``Dictionary.assign``), one-hot over K;
 - **SAE top-1**: the id of that vector's most active SAE feature, one-hot over F.
-These two carry one active unit per *text* (l0 = 1 for a summary of the text, not for its tokens), so the probe can only learn a label per unit: a
-text whose unit never occurred in training falls back to the intercept. A second reading keeps l0 = 1
-per *token*: each token's region (or top feature), averaged over the text (:meth:`TextActivations.bag`).
-EP's *retention* is accuracy(EP) / accuracy(raw).
+These two carry one active unit per *text* (l0 = 1 for a summary of the text, not for its tokens), so
+the probe can only learn a label per unit: a text whose unit never occurred in training falls back to
+the intercept. It asks whether one region can name a whole text; the paper asks how much a text's
+spread over regions keeps. EP's *retention* is accuracy(EP) / accuracy(raw).
 
 Tasks come from the data loaders (``ProbeTask``: texts, integer labels, class names): harmful vs
 harmless instructions, code vs prose, language identity, and AxBench concept vs not (one task per
