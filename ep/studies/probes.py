@@ -76,12 +76,13 @@ def _sample(items: list[str], n: int | None, seed: int) -> list[str]:
 # -----------------------------------------------------------------------------
 # tasks from the data loaders
 
-def harmful_vs_harmless(n_per_class: int = 100, seed: int = 0) -> ProbeTask:
-    """Harmful (train + val) vs harmless (train) instructions, n of each."""
-    harmful = data.instructions("harmful_train") + data.instructions("harmful_val")
+def harmful_vs_harmless(n_per_class: int | None = 100, seed: int = 0) -> ProbeTask:
+    """Harmful (train + val) vs harmless (train) instructions, n of each (None: every harmful one, and as
+    many harmless)."""
+    harmful = _sample(data.instructions("harmful_train") + data.instructions("harmful_val"), n_per_class, seed)
     harmless = data.instructions("harmless_train")
-    return _from_groups("harmful vs harmless", {"harmless": _sample(harmless, n_per_class, seed),
-                                                 "harmful": _sample(harmful, n_per_class, seed)})
+    return _from_groups("harmful vs harmless", {"harmless": _sample(harmless, len(harmful), seed),
+                                                 "harmful": harmful})
 
 
 def _code_chunks(chars: int, max_files: int | None = None) -> list[list[str]]:
@@ -111,7 +112,7 @@ def code_vs_prose(n_per_class: int = 100, chars: int = 300, corpus_skip: int = 2
     return _from_groups("code vs prose", {"prose": prose, "code": code})
 
 
-def language_id(n_per_lang: int = 30, min_chars: int = 10, seed: int = 0) -> ProbeTask:
+def language_id(n_per_lang: int | None = 30, min_chars: int = 10, seed: int = 0) -> ProbeTask:
     """Which language is this line in? (chatterbot-corpus lines, English excluded; multi-class)."""
     lines = data.multilingual_lines()
     return _from_groups("language id", {lang: _sample([t for t in ts if len(t) >= min_chars], n_per_lang, seed)
@@ -129,6 +130,17 @@ def axbench_concepts(n_per_class: int = 20, variant: str = "prod_2b_l20_v1", see
                   for label in ("negative", "positive")}
         tasks.append(_from_groups(f"axbench {meta['concept_id']}: {meta['concept']}", groups))
     return tasks
+
+
+def axbench_topics(n_per_concept: int | None = 36, variant: str = "prod_2b_l20_v1", seed: int = 0) -> ProbeTask:
+    """Which AxBench Concept10 concept is this text about? The positive outputs of every concept (latent-eval
+    split), labelled by concept: a multi-class task for :func:`one_vs_rest`."""
+    metadata, _, latent = data.axbench_concepts(variant)
+    positive = latent[latent.category == "positive"]
+    return _from_groups("axbench concepts", {
+        f"{meta['concept_id']}: {meta['concept']}": _sample(
+            positive[positive.concept_id == meta["concept_id"]].output.tolist(), n_per_concept, seed)
+        for meta in metadata})
 
 
 # -----------------------------------------------------------------------------
@@ -295,20 +307,22 @@ def _probe_accuracy(x_train, y_train, x_test, y_test, Cs, folds: int, seed: int,
     return float((probe.predict(x_test) == y_test).mean())
 
 
-def binary_probes(raw: np.ndarray, features: dict[str, sp.spmatrix], labels: np.ndarray, train: np.ndarray,
+def binary_probes(raw: np.ndarray | None, features: dict[str, sp.spmatrix], labels: np.ndarray, train: np.ndarray,
                   test: np.ndarray, top_k: tuple[int, ...] = (1, 2, 5), Cs=(0.01, 0.1, 1.0, 10.0, 100.0),
                   folds: int = 5, seed: int = 0) -> dict[str, float]:
     """Test accuracy of binary probes on one fixed split: "raw" (mean-pooled activations [n, d],
     standardised), each featurisation [n, F] with all its features (standardised without centring), and
     "<name> top-k": only the k features with the largest |mean difference| on the training texts.
-    Also "majority" (the training set's most frequent class) and the test size."""
+    Also "majority" (the training set's most frequent class) and the test size. ``raw=None`` skips the
+    raw probe (to score more featurisations against one already computed)."""
     y = np.asarray(labels)
     if set(np.unique(y)) != {0, 1}:
         raise ValueError("binary_probes needs labels 0 and 1")
     out = {"texts": len(y), "test texts": len(test),
            "majority": float((y[test] == np.bincount(y[train]).argmax()).mean())}
-    x = np.asarray(raw, dtype=np.float64)
-    out["raw"] = _probe_accuracy(x[train], y[train], x[test], y[test], Cs, folds, seed, True)
+    if raw is not None:
+        x = np.asarray(raw, dtype=np.float64)
+        out["raw"] = _probe_accuracy(x[train], y[train], x[test], y[test], Cs, folds, seed, True)
     for name, f in features.items():
         f = sp.csr_matrix(f, dtype=np.float64)
         out[name] = _probe_accuracy(f[train], y[train], f[test], y[test], Cs, folds, seed, True)
