@@ -227,7 +227,8 @@ class DictionaryBuilder:
         meta = {**getattr(cal, "meta", {}), "threshold": float(cal.threshold),
                 "percentile": getattr(cal, "percentile", None),
                 "calibration_tokens": getattr(cal, "n_tokens", None),
-                "calibration_seed": getattr(cal, "seed", None), **self.meta,
+                "calibration_seed": getattr(cal, "seed", None),
+                "calibration_batch_size": getattr(cal, "batch_size", None), **self.meta,
                 "tokens_streamed": self.tokens, "num_regions": k, "n_samples": self.n_samples,
                 "schema_version": SCHEMA_VERSION,
                 "ep_version": __version__}
