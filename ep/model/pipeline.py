@@ -93,6 +93,7 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
     meta = {"config": asdict(config), "model": name, "layer": int(layer), "context_length": context_length}
     dictionary = build_dictionary(stream, calibration, n_samples=n_samples, progress=progress, meta=meta,
                                   checkpoint=checkpoint)
+    dictionary.meta["texts_read"] = len(calibration_texts) + len(streamed)  # held-out text starts after these
     return dictionary.with_contexts(_lookup(model.tokenizer, streamed, dictionary, context_length))
 
 
