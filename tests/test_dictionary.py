@@ -151,7 +151,7 @@ def test_state_is_bounded_by_regions(data):
         for batch in _batches(a, 300, offset=len(a)):
             assert b.add(batch) == 0
     assert (b.num_regions, b.nbytes, b.tokens) == (k, nbytes, 4 * len(a))
-    d = b.finish()
+    d = b.snapshot()
     assert int(d.counts.sum()) == 4 * len(a) and d.meta["tokens_streamed"] == 4 * len(a)
 
 
@@ -160,10 +160,10 @@ def test_snapshot_then_continue(data):
     b = DictionaryBuilder(cal)
     batches = _batches(a, 500)
     b.add(batches[0])
-    snap = b.finish()
+    snap = b.snapshot()
     for batch in batches[1:]:
         b.add(batch)
-    full = b.finish()
+    full = b.snapshot()
     assert int(snap.counts.sum()) == 500 and int(full.counts.sum()) == len(a)
     assert torch.equal(full.exemplars[:len(snap)], snap.exemplars)
 

@@ -20,7 +20,7 @@ import torch
 from .._version import __version__
 from .calibration import Calibration, check_acts, to_directions
 from .dictionary import SCHEMA_VERSION, Dictionary
-from .leader import LeaderClustering, dot64
+from .leader import LeaderClustering
 
 
 def _merge_top(dist_state: torch.Tensor, ctx_state: torch.Tensor, region: torch.Tensor,
@@ -59,44 +59,11 @@ def _merge_top(dist_state: torch.Tensor, ctx_state: torch.Tensor, region: torch.
     flat_c.index_copy_(0, dest, cx.index_select(0, src))
 
 
-def _arrival_nearest(u: torch.Tensor, is_new: torch.Tensor, region: torch.Tensor, sim: torch.Tensor,
-                     exemplars: torch.Tensor, k0: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Make membership independent of chunking: a row joins the most similar of ALL exemplars
-    existing when it arrives (dot64 similarity, ties to the lowest id), which is what
-    LeaderClustering.add returns for one row at a time. For a batch, add() prefers an
-    exemplar of an earlier batch when one is within θ, so we also check the exemplars
-    born earlier in this chunk. u [B, d], is_new/region/sim [B], exemplars [K, d].
-    """
-    pos = is_new.nonzero()[:, 0]                                      # [n] rows that became k0, k0+1...
-    if pos.numel() == 0 or bool(is_new.all()):
-        return region, sim
-    B = u.shape[0]
-    s = u @ u[pos].T                                                  # [B, n] fp32
-    s.masked_fill_(pos[None, :] >= torch.arange(B, device=u.device)[:, None], -torch.inf)  # not yet born
-    s[is_new] = -torch.inf                                            # an exemplar is its own region
-    tol = 2.0 * u.shape[1] * 2.0**-24 + 1e-6                          # > |fp32 dot - exact| for unit rows
-    r, c = (s >= sim[:, None] - tol).nonzero(as_tuple=True)          # might beat the current choice
-    if r.numel() == 0:
-        return region, sim
-    rows = torch.unique(r)
-    cand_row, cand_id = torch.cat([rows, r]), torch.cat([region[rows], k0 + c])
-    exact = dot64(u[cand_row], exemplars[cand_id])                    # float64, batch-independent
-    best = torch.full((B,), -torch.inf, dtype=exact.dtype, device=u.device)
-    best = best.scatter_reduce(0, cand_row, exact, "amax")
-    top = exact == best[cand_row]
-    win = torch.full((B,), torch.iinfo(torch.int64).max, device=u.device)
-    win = win.scatter_reduce(0, cand_row[top], cand_id[top], "amin")  # ties: lowest id
-    region, sim = region.clone(), sim.clone()
-    region[rows], sim[rows] = win[rows], best[rows].float()
-    return region, sim
-
-
 _STATE = ("counts", "sums", "ex_ctx", "near_dist", "near_ctx", "far_dist", "far_ctx")
 
 
 class DictionaryBuilder:
-    """Streaming state of a dictionary under construction: add(batch)..., finish()."""
+    """Streaming state of a dictionary under construction: add(batch)..., snapshot() -> Dictionary."""
 
     def __init__(self, calibration: Calibration, *, n_samples: int = 8, device=None,
                  chunk_size: int = 4096, meta: dict | None = None):
@@ -165,9 +132,7 @@ class DictionaryBuilder:
         k1 = self.num_regions
         if k1 != k0 + int(is_new.sum()):
             raise RuntimeError("LeaderClustering reported inconsistent exemplar counts")
-        region = nearest.to(torch.int64).clone()            # [B] region at arrival
-        region[is_new] = torch.arange(k0, k1, device=u.device)
-        region, sim = _arrival_nearest(u, is_new, region, sim, self.leader.exemplars, k0)
+        region = nearest                                    # [B] region at arrival (exact, any chunking)
         if k1 > self._cap:
             self._grow(max(k1, 2 * self._cap, 64))          # amortised doubling
         self._counts[:k1] += torch.bincount(region, minlength=k1)
@@ -178,8 +143,8 @@ class DictionaryBuilder:
         _merge_top(self._near_dist, self._near_ctx, region[old], dist, ctx[old], largest=False)
         _merge_top(self._far_dist, self._far_ctx, region[old], dist, ctx[old], largest=True)
 
-    def finish(self) -> Dictionary:
-        """Snapshot the current state as a Dictionary (the builder stays usable)."""
+    def snapshot(self) -> Dictionary:
+        """The current state as a Dictionary; the builder stays usable (add more, snapshot again)."""
         k, cal = self.num_regions, self.calibration
         if k == 0:
             raise ValueError("no tokens streamed: cannot build an empty dictionary")
@@ -202,6 +167,13 @@ class DictionaryBuilder:
             exemplar_context=cpu(self._ex_ctx[:k, :3]).contiguous(), exemplar_index=cpu(self._ex_ctx[:k, 3]),
             nearest_contexts=cpu(self._near_ctx[:k]), nearest_dist=cpu(self._near_dist[:k]),
             farthest_contexts=cpu(self._far_ctx[:k]), farthest_dist=cpu(self._far_dist[:k]), meta=meta)
+
+
+    def finish(self) -> Dictionary:
+        """Old name of snapshot() (it never finished anything); kept so existing callers work."""
+        import warnings
+        warnings.warn("DictionaryBuilder.finish() is now snapshot()", DeprecationWarning, stacklevel=2)
+        return self.snapshot()
 
 
 def build_dictionary(batches: Iterable, calibration: Calibration, *, n_samples: int = 8,
@@ -228,4 +200,4 @@ def build_dictionary(batches: Iterable, calibration: Calibration, *, n_samples: 
                 on_batch(builder.tokens, builder.num_regions)
             if max_tokens is not None and builder.tokens >= max_tokens:
                 break
-    return builder.finish()
+    return builder.snapshot()

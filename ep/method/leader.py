@@ -38,6 +38,33 @@ def dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def leader_cluster_reference(directions, threshold: float) -> np.ndarray:
+    """The specification, one row at a time: row i is an exemplar iff dot64 with every earlier exemplar < tau.
+
+    Everything else in this module is a faster way to get exactly this answer (tests check it).
+
+    >>> leader_cluster_reference([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], threshold=0.3)
+    array([0, 2])
+
+    Row 1 is at cosine distance 0.2 <= 0.3 from exemplar 0 and joins it; row 2 is at distance 1 from
+    exemplar 0 and becomes exemplar 2 (ids are row indices).
+
+    A float64 matrix-vector product screens; it differs from dot64 by < 2 d 2^-53 R^2, so only scores
+    within 1e-9 R^2 of tau (possible ties) are recomputed with dot64 itself."""
+    x = _as_rows(directions).double()
+    _check_threshold(threshold)
+    tau, ex, e = 1.0 - float(threshold), [], torch.empty_like(x)  # e[:k]: the exemplars so far
+    tol = 1e-9 * max(1.0, x.norm(dim=1).max().item() ** 2)
+    for i in range(x.shape[0]):
+        k = len(ex)
+        s = e[:k] @ x[i]  # [k]
+        tie = (s - tau).abs() <= tol
+        if not bool((s >= tau + tol).any()) and not bool((dot64(e[:k][tie], x[i].expand(k, -1)[tie]) >= tau).any()):
+            e[k] = x[i]
+            ex.append(i)
+    return np.asarray(ex, dtype=np.int64)
+
+
 def _pair_dot64(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
     """dot64(a[ia], b[ib]) in slices that bound memory. a [n, d], b [m, d], ia, ib [P] -> [P]."""
     step = max(1, (1 << 21) // a.shape[1])
@@ -171,11 +198,43 @@ class LeaderClustering:
     def add(self, directions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stream a batch [B, d] of unit rows -> is_new [B] bool, nearest [B] int64, similarity [B] float32.
 
-        nearest is the exemplar a row joins at arrival: the most similar exemplar from before this batch
-        if one is within threshold, else the most similar exemplar created in this batch at or before
-        the row (an exemplar is its own nearest, similarity 1). With B = 1 this is exactly the
-        one-row-at-a-time assignment. Argmax and similarity are on dot64 (ties: lowest id)."""
-        return self._add(_as_rows(directions, self.dim).to(self.device), nearest=True)
+        nearest is the exemplar a row joins at arrival: the most similar of ALL exemplars that exist when
+        it arrives (those of earlier batches and those born earlier in this batch; an exemplar is its own
+        nearest, similarity 1), exactly what one row at a time gives, so the result does not depend on
+        how the stream is batched. Argmax and similarity are on dot64 (ties: lowest id).
+
+        >>> lc = LeaderClustering(2, threshold=0.3, device="cpu")
+        >>> [t.tolist() for t in lc.add([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])]
+        [[True, True, False], [0, 1, 1], [1.0, 1.0, 0.800000011920929]]
+        """
+        x, k0 = _as_rows(directions, self.dim).to(self.device), self._k
+        is_new, near, sim = self._add(x, nearest=True)
+        return (is_new, *self._arrival_nearest(x, is_new, near, sim, k0))
+
+    @torch.no_grad()
+    def _arrival_nearest(self, x: torch.Tensor, is_new: torch.Tensor, near: torch.Tensor, sim: torch.Tensor,
+                         k0: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """_add prefers an exemplar of an earlier batch when one is within threshold; a row may be more
+        similar still to an exemplar born earlier in its own batch. Check those (fp32 screen, dot64 decides).
+        x [B, d], is_new/near/sim [B]; exemplars k0.. are the batch's new ones."""
+        pos = is_new.nonzero()[:, 0]  # [n] rows that became exemplars k0, k0+1, ...
+        if pos.numel() == 0 or bool(is_new.all()):
+            return near, sim
+        B, d = x.shape
+        s = x @ x[pos].T  # [B, n] fp32
+        s.masked_fill_(pos[None, :] >= torch.arange(B, device=x.device)[:, None], -torch.inf)  # not yet born
+        s[is_new] = -torch.inf  # an exemplar is its own region
+        tol = (2.0 * d * 2.0**-24 + 1e-6) * max(1.0, self._norm**2)  # > |fp32 dot - dot64|
+        r, c = (s >= sim[:, None] - tol).nonzero(as_tuple=True)  # might beat the current choice
+        if r.numel() == 0:
+            return near, sim
+        rows = torch.unique(r)
+        cand_row, cand_id = torch.cat([rows, r]), torch.cat([near[rows], k0 + c])
+        exact = _pair_dot64(x, cand_row, self._e32, cand_id)  # float64, batch-independent
+        best, win = _argmax_rows(cand_row, cand_id, exact, B)
+        near, sim = near.clone(), sim.clone()
+        near[rows], sim[rows] = win[rows], best[rows].float()
+        return near, sim
 
     @torch.no_grad()
     def _add(self, x: torch.Tensor, nearest: bool):
@@ -288,22 +347,3 @@ def leader_cluster(directions, threshold: float, batch_size: int = 4096) -> np.n
         is_new = lc._add(x[s : s + bs].to(lc.device), nearest=False)[0]
         out.append(is_new.nonzero()[:, 0].cpu() + s)
     return torch.cat(out).numpy().astype(np.int64)
-
-
-def leader_cluster_reference(directions, threshold: float) -> np.ndarray:
-    """The definition, one row at a time: row i is an exemplar iff dot64 with every earlier exemplar < tau.
-
-    A float64 matrix-vector product screens; it differs from dot64 by < 2 d 2^-53 R^2, so only scores
-    within 1e-9 R^2 of tau (possible ties) are recomputed with dot64 itself."""
-    x = _as_rows(directions).double()
-    _check_threshold(threshold)
-    tau, ex, e = 1.0 - float(threshold), [], torch.empty_like(x)  # e[:k]: the exemplars so far
-    tol = 1e-9 * max(1.0, x.norm(dim=1).max().item() ** 2)
-    for i in range(x.shape[0]):
-        k = len(ex)
-        s = e[:k] @ x[i]  # [k]
-        tie = (s - tau).abs() <= tol
-        if not bool((s >= tau + tol).any()) and not bool((dot64(e[:k][tie], x[i].expand(k, -1)[tie]) >= tau).any()):
-            e[k] = x[i]
-            ex.append(i)
-    return np.asarray(ex, dtype=np.int64)
