@@ -1,21 +1,35 @@
 # The two commands the README promises, on a fresh machine:
 #   make tutorial   create .venv, then execute every notebook (executed copies land in outputs/)
-#   make test       create .venv, then run ruff and the test suite (unit tests + every notebook)
-# The offline data mirror is read from $EP_DATA_DIR (default: ../shared/data, beside this repo).
+#   make test       create .venv, then run ruff and the test suite (unit tests + every notebook + the book)
+#   make book       render the executed notebooks, the guide and the glossary as a static site (build/book)
+# Data: the offline mirror in $EP_DATA_DIR when it names a folder (default: ../shared/data, if it exists);
+# otherwise every loader streams its upstream source.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= outputs
-export EP_DATA_DIR ?= $(abspath ../shared/data)
+ifeq ($(origin EP_DATA_DIR), undefined)
+ifneq ($(wildcard ../shared/data),)
+export EP_DATA_DIR := $(abspath ../shared/data)
+endif
+endif
 
-.PHONY: tutorial test lab clean
+.PHONY: tutorial test book lab lock clean
 
-$(BIN)/.installed: pyproject.toml
+# the exact tested set (requirements-lock.txt), then this package on top of it without touching it
+$(BIN)/.installed: pyproject.toml requirements-lock.txt
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed (transformers 5 requires it): make PYTHON=python3.11")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[cpu,models,notebooks,test]"
+	$(BIN)/pip install -q -r requirements-lock.txt
+	$(BIN)/pip install -q --no-deps -e .
 	touch $@
+
+lock: $(BIN)/.installed
+	$(BIN)/pip install -q -e ".[cpu,models,sae,notebooks,test,docs]"
+	{ sed -n '1,3p' requirements-lock.txt; $(BIN)/pip freeze --exclude-editable | grep -v '^ep-tutorial'; } > requirements-lock.new
+	mv requirements-lock.new requirements-lock.txt
 
 tutorial: $(BIN)/.installed
 	mkdir -p $(OUT)
@@ -27,6 +41,11 @@ tutorial: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check ep tests notebooks benchmarks
 	$(BIN)/python -m pytest --durations=15
+	EP_BOOK_TEST=1 $(BIN)/python -m pytest -q tests/book   # the rendered book, from the notebooks just executed
+
+book: $(BIN)/.installed
+	@test -n "$$(ls $(OUT)/[0-9][0-9]_*.ipynb 2>/dev/null)" || $(MAKE) tutorial
+	$(BIN)/python docs/build_book.py $(OUT) build/book
 
 lab: $(BIN)/.installed
 	$(BIN)/jupyter lab notebooks/

@@ -7,11 +7,12 @@ Four layers, bottom to top; a module imports only from its own layer or the ones
    ``ep.data`` (corpora and prompt sets by name): plain arrays and files, no model code;
 2. ``ep.show``: displays and plots of what it is given;
 3. ``ep.model``: loading a model by name, chat formats, activation extraction (nnsight),
-   interventions, and the one-call pipeline from texts to a dictionary;
+   interventions, and ``ep.build``: one call from a model, texts and a layer to a dictionary;
 4. ``ep.studies``: one module per demonstration (ood, refusal, finetune, matching, sae, compare,
    probes, axbench).
 
 The names below are the package's public surface: ``import ep`` and use them as ``ep.NAME``.
+``ep.exercises`` (the notebooks' checked exercises) sits above all four layers and loads on first use.
 """
 
 from . import data
@@ -35,20 +36,34 @@ from .model.activations import (
     token_activations,
 )
 from .model.loading import load_model
+from .model.pipeline import BuildConfig, build
 from .show.notebook import save_results, setup
+
+
+def __getattr__(name: str):
+    """``ep.exercises`` loads on first use: it imports every layer, which ``import ep`` need not."""
+    if name == "exercises":
+        import importlib
+
+        return importlib.import_module(".exercises", __name__)
+    raise AttributeError(f"module 'ep' has no attribute {name!r}")
+
 
 __all__ = [
     "ActivationBatch",
+    "BuildConfig",
     "Calibration",
     "Dictionary",
     "DictionaryBuilder",
     "DictionaryFormatError",
     "LeaderClustering",
     "__version__",
+    "build",
     "build_dictionary",
     "cached_calibration",
     "calibrate",
     "data",
+    "exercises",
     "final_activations",
     "iter_final_activations",
     "iter_token_activations",

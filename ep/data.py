@@ -1,13 +1,14 @@
 """Data loaders: a text corpus, harmful/harmless instructions, AxBench concepts, OOD text.
 
 Every loader reads from one of two places:
-- an **offline mirror**, when the environment variable ``EP_DATA_DIR`` names a folder laid out like
-  the upstream sources (``corpus/``, ``refusal/``, ``axbench/``, ``ood/``); CI and machines without
+- an **offline mirror**, when the environment variable ``EP_DATA_DIR`` names an existing folder laid out
+  like the upstream sources (``corpus/``, ``refusal/``, ``axbench/``, ``ood/``); CI and machines without
   a dataset hub use this;
 - otherwise the **upstream originals** (a Wikipedia dump on the Hugging Face hub, the
-  ``andyrdt/refusal_direction`` splits on GitHub, ``pyvene/axbench-concept10`` on the hub).
+  ``andyrdt/refusal_direction`` splits on GitHub, ``pyvene/axbench-concept10`` on the hub), streamed.
 
-Code as out-of-distribution text needs neither: it is the Python standard library's own source.
+Two sources need neither: short lines in twelve languages come from the installed ``chatterbot-corpus``
+package (the mirror's copy is only a fallback), and code is the Python standard library's own source.
 """
 
 from __future__ import annotations
@@ -27,10 +28,32 @@ AXBENCH_REPO = "pyvene/axbench-concept10"
 REFUSAL_SPLITS = ("harmful_train", "harmful_val", "harmless_train", "harmless_val")
 
 
+MULTILINGUAL = ("german", "spanish", "french", "russian", "chinese", "japanese", "italian", "portuguese", "turkish",
+                "ukrainian", "persian", "korean")  # the chatterbot-corpus languages with 75+ usable lines
+
+
 def data_dir() -> Path | None:
-    """The offline mirror named by ``$EP_DATA_DIR``, or None to use the upstream sources."""
+    """The offline mirror named by ``$EP_DATA_DIR`` if that folder exists, else None: use the upstream sources."""
     value = os.environ.get(DATA_ENV)
-    return Path(value).expanduser() if value else None
+    path = Path(value).expanduser() if value else None
+    return path if path is not None and path.is_dir() else None
+
+
+def source() -> str:
+    """Where the loaders read from now: 'mirror:<folder>' or 'upstream' (part of every cache key)."""
+    root = data_dir()
+    return f"mirror:{root.resolve()}" if root else "upstream"
+
+
+def _online(what: str, fetch):
+    """Run an upstream fetch; without a network (or a hub), say what to do instead of a raw socket error."""
+    try:
+        return fetch()
+    except OSError as e:  # URLError, ConnectionError, timeouts and the hub clients' errors derive from it
+        raise ConnectionError(
+            f"could not fetch {what} from upstream ({type(e).__name__}: {e}). Without internet, set "
+            f"{DATA_ENV} to an offline data mirror (a folder laid out like ../shared/data)"
+        ) from e
 
 
 def mirror_file(relative: str) -> Path:
@@ -62,7 +85,7 @@ def corpus(max_docs: int | None = None, skip: int = 0) -> Iterator[str]:
     else:
         from datasets import load_dataset
 
-        wiki = load_dataset(*WIKI_DATASET, split="train", streaming=True)
+        wiki = _online("the Wikipedia corpus", lambda: load_dataset(*WIKI_DATASET, split="train", streaming=True))
         docs = (para for row in wiki for para in row["text"].split("\n\n") if len(para) > 200)
     stop = None if max_docs is None else skip + max_docs
     yield from itertools.islice(docs, skip, stop)
@@ -81,8 +104,11 @@ def instructions(split: str) -> list[str]:
     elif data_dir():
         rows = json.loads(mirror_file(f"refusal/{split}.json").read_text(encoding="utf-8"))
     else:
-        with urllib.request.urlopen(REFUSAL_URL.format(split=split), timeout=60) as response:
-            rows = json.loads(response.read())
+        def fetch():
+            with urllib.request.urlopen(REFUSAL_URL.format(split=split), timeout=60) as response:
+                return json.loads(response.read())
+
+        rows = _online(f"the {split} instructions", fetch)
     return [row["instruction"] for row in rows]
 
 
@@ -101,7 +127,8 @@ def axbench_concepts(variant: str = "prod_2b_l20_v1"):
     else:
         from huggingface_hub import snapshot_download
 
-        folder = Path(snapshot_download(AXBENCH_REPO, repo_type="dataset", allow_patterns=f"{variant}/*")) / variant
+        folder = Path(_online("AxBench Concept10", lambda: snapshot_download(
+            AXBENCH_REPO, repo_type="dataset", allow_patterns=f"{variant}/*"))) / variant
     files = ["generate_metadata.jsonl", "generate_train_data.parquet", "inference_latent_eval_data.parquet"]
     missing = [name for name in files if not (folder / name).exists()]
     if missing:
@@ -111,19 +138,39 @@ def axbench_concepts(variant: str = "prod_2b_l20_v1"):
 
 
 def multilingual_lines(exclude: tuple[str, ...] = ("english",)) -> dict[str, list[str]]:
-    """Short conversational lines by language (chatterbot-corpus), duplicates removed."""
+    """Short conversational lines (longer than 15 characters) in twelve languages, duplicates removed.
+
+    Read from the installed ``chatterbot-corpus`` package (its files in name order); without it, from the
+    mirror's ``ood/multilingual_lines.jsonl`` (the same lines, made from chatterbot-corpus 1.3.3)."""
+    try:
+        rows = list(_chatterbot_lines())
+    except ModuleNotFoundError as e:
+        if not data_dir():
+            raise FileNotFoundError("multilingual lines need the chatterbot-corpus package (pip install chatterbot-"
+                                    f"corpus) or {DATA_ENV} naming a mirror with ood/multilingual_lines.jsonl") from e
+        rows = _jsonl(mirror_file("ood/multilingual_lines.jsonl"))
     by_lang: dict[str, dict[str, None]] = {}
-    for row in _jsonl(mirror_file("ood/multilingual_lines.jsonl")) if data_dir() else _chatterbot_lines():
+    for row in rows:
         if row["lang"] not in exclude:
             by_lang.setdefault(row["lang"], {})[row["text"]] = None  # an ordered set
     return {lang: list(lines) for lang, lines in sorted(by_lang.items())}
 
 
 def _chatterbot_lines() -> Iterator[dict]:
-    raise FileNotFoundError(
-        f"multilingual lines come from chatterbot-corpus; set {DATA_ENV} to a mirror holding "
-        "ood/multilingual_lines.jsonl (one {'lang', 'text'} object per line)"
-    )
+    """{'lang', 'text'} rows from the installed chatterbot-corpus package (ModuleNotFoundError without it)."""
+    import importlib.metadata
+
+    import yaml
+
+    try:
+        files = importlib.metadata.files("chatterbot-corpus") or []
+    except importlib.metadata.PackageNotFoundError as e:
+        raise ModuleNotFoundError("chatterbot-corpus is not installed") from e
+    ymls = sorted((f for f in files if f.suffix == ".yml" and f.parts[-2] in MULTILINGUAL), key=str)
+    for lang in MULTILINGUAL:
+        for f in (f for f in ymls if f.parts[-2] == lang):
+            for conversation in yaml.safe_load(f.locate().read_text(encoding="utf-8")).get("conversations") or []:
+                yield from ({"lang": lang, "text": t} for t in conversation if isinstance(t, str) and len(t) > 15)
 
 
 def python_source(max_files: int | None = None, min_chars: int = 500) -> Iterator[str]:

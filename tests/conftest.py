@@ -4,13 +4,19 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The offline data mirror sits beside the repo (../shared/data) here and in CI.
-os.environ.setdefault("EP_DATA_DIR", str(REPO.parent / "shared" / "data"))
+# The offline data mirror, when it sits beside the repo (../shared/data: here and in CI); else the loaders go upstream.
+if "EP_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():
+    os.environ["EP_DATA_DIR"] = str(REPO.parent / "shared" / "data")
 
 
 @pytest.fixture(scope="session")
 def gemma():
-    """The embedded Gemma 3 270M base model (converted once to a float checkpoint, then cached)."""
+    """The embedded Gemma 3 270M base model in fp32 (the exactness tests compare with HF to 1e-5), cached."""
+    import torch
+
     from ep.model.loading import load_model
 
-    return load_model("gemma-3-270m")
+    return load_model("gemma-3-270m", dtype=torch.float32)
+
+# The book test renders notebooks executed by the notebook tests: `make test` runs it second, on purpose.
+collect_ignore = [] if os.environ.get("EP_BOOK_TEST") else ["book"]

@@ -183,7 +183,7 @@ def test_build_dictionary_options(data):
     assert int(d.counts.sum()) == 250 and len(seen) == 3  # stops pulling batches
     assert [t for t, _ in curve] == [100, 200, 250] and curve[-1][1] == len(d)
     assert d.meta["model"] == "toy" and d.meta["corpus"] == "toy" and d.meta["percentile"] == 3.0
-    assert d.meta["threshold"] == cal.threshold and d.meta["schema_version"] == 1
+    assert d.meta["threshold"] == cal.threshold and d.meta["schema_version"] == epd.SCHEMA_VERSION
     assert repr(d).startswith(f"Dictionary(regions={len(d)}")
 
 
@@ -288,7 +288,7 @@ def test_schema_missing_and_inconsistent(small, tmp_path, monkeypatch):
     path = tmp_path / "d.safetensors"
     arrays = {k: v.contiguous() for k, v in small._arrays().items()}
     info = small._info()
-    _write_raw(path, arrays, {**info, "schema_version": 2})
+    _write_raw(path, arrays, {**info, "schema_version": epd.SCHEMA_VERSION + 1})
     with pytest.raises(DictionaryFormatError, match="schema version"):
         Dictionary.load(path)
     _write_raw(path, {k: v for k, v in arrays.items() if k != "counts"}, info)
@@ -306,7 +306,7 @@ def test_schema_missing_and_inconsistent(small, tmp_path, monkeypatch):
     path.write_bytes(st_save(arrays))  # no metadata at all
     with pytest.raises(DictionaryFormatError):
         Dictionary.load(path)
-    assert json.loads(canonical_json(info))["schema_version"] == 1
+    assert json.loads(canonical_json(info))["schema_version"] == epd.SCHEMA_VERSION
 
 
 def test_load_path_uses_no_pickle(small, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ import torch
 
 from ep.method.builder import build_dictionary
 from ep.method.calibration import Calibration
-from ep.method.dictionary import Dictionary
+from ep.method.dictionary import _SPEC, Dictionary
 from ep.model.activations import ActivationBatch as Batch
 from ep.studies.matching import (
     direction_shift,
@@ -48,7 +48,7 @@ def _cluster_of(d):
 
 def _permuted(d, perm):
     """A copy of d with region j of the copy = region perm[j] of d."""
-    arrays = {k: getattr(d, k)[torch.as_tensor(perm)] for k in d._arrays() if k != "centre"}
+    arrays = {k: getattr(d, k)[torch.as_tensor(perm)] for k in _SPEC if k != "centre"}  # the per-region arrays
     return Dictionary(centre=d.centre, threshold=d.threshold, meta=d.meta, **arrays)
 
 

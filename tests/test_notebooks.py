@@ -18,6 +18,11 @@ def test_there_are_notebooks():
     assert NOTEBOOKS
 
 
+def _parameters_source(path: Path) -> str:
+    cells = json.loads(path.read_text())["cells"]
+    return "".join(next(c for c in cells if "parameters" in c["metadata"].get("tags", []))["source"])
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_without_outputs_and_with_parameters(path):
     cells = json.loads(path.read_text())["cells"]
@@ -34,6 +39,9 @@ def test_notebook_executes(path):
     out = REPO / "outputs" / "tests"
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results"
+    parameters = {"results_dir": str(results)}
+    if "fill_solutions" in _parameters_source(path):  # run the exercises' worked solutions: each check must pass
+        parameters["fill_solutions"] = True
     papermill.execute_notebook(str(path), str(out / path.name), cwd=str(path.parent),
-                               parameters={"results_dir": str(results)}, progress_bar=False)
+                               parameters=parameters, progress_bar=False)
     assert (results / f"{path.stem}.json").exists(), "the notebook must write its results JSON"

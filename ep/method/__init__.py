@@ -4,5 +4,6 @@
 - ``calibration``: the frozen spherical centre and the percentile threshold θ;
 - ``dictionary``: the ``Dictionary`` (a Voronoi partition around exemplars) and its file format;
 - ``builder``: streaming construction of a dictionary from activation batches;
+- ``published``: the paper's published dictionaries, opened without running code from the file;
 - ``metrics``: detection metrics (AUROC) shared by the studies.
 """

@@ -8,17 +8,23 @@ DictionaryBuilder streams activation batches (anything with .acts [n, d] and .do
 members nearest to and farthest from the exemplar, so a notebook can show what a region
 "means". Members are assigned at arrival, so one pass suffices. Updates are vectorised
 (bincount, index_add, sorts): no per-region or per-row Python loops.
+
+Long builds survive: ``build_dictionary(..., checkpoint=path, checkpoint_every=N)`` writes the whole
+state atomically every N tokens; run the same call again after a crash (a Colab session that died) and
+it skips the tokens already streamed and continues, to a byte-identical dictionary. The official
+builder's saturation stop (no new region for W consecutive batches) is there too, off by default.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import torch
 
 from .._version import __version__
-from .calibration import Calibration, check_acts, to_directions
+from .calibration import Calibration, check_acts, load_arrays, save_arrays, to_directions
 from .dictionary import SCHEMA_VERSION, Dictionary
 from .leader import LeaderClustering
 
@@ -62,8 +68,11 @@ def _merge_top(dist_state: torch.Tensor, ctx_state: torch.Tensor, region: torch.
 _STATE = ("counts", "sums", "ex_ctx", "near_dist", "near_ctx", "far_dist", "far_ctx")
 
 
+CHECKPOINT_KEY = "ep_build_checkpoint"
+
+
 class DictionaryBuilder:
-    """Streaming state of a dictionary under construction: add(batch)..., snapshot() -> Dictionary."""
+    """Streaming state of a dictionary under construction: add(batch)..., snapshot() at any time."""
 
     def __init__(self, calibration: Calibration, *, n_samples: int = 8, device=None,
                  chunk_size: int = 4096, meta: dict | None = None):
@@ -143,8 +152,36 @@ class DictionaryBuilder:
         _merge_top(self._near_dist, self._near_ctx, region[old], dist, ctx[old], largest=False)
         _merge_top(self._far_dist, self._far_ctx, region[old], dist, ctx[old], largest=True)
 
+    def save_checkpoint(self, path) -> None:
+        """Atomically write the whole state (a crash mid-write leaves the previous checkpoint intact)."""
+        k = self.num_regions
+        exemplars, eps, norm = self.leader.state()
+        arrays = {"centre": self.centre, "exemplars": exemplars,
+                  **{name: getattr(self, "_" + name)[:k] for name in _STATE}}
+        info = {"threshold": float(self.calibration.threshold), "tokens": self.tokens, "n_samples": self.n_samples,
+                "meta": self.meta, "leader_eps": eps, "leader_norm": norm}
+        save_arrays(path, arrays, info, CHECKPOINT_KEY)
+
+    def load_checkpoint(self, path) -> None:
+        """Continue from a checkpoint written by a builder with the same calibration and n_samples."""
+        try:
+            arrays, info = load_arrays(path, CHECKPOINT_KEY)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}; delete it to start the build afresh") from e
+        same = (torch.equal(arrays["centre"].to(self.centre), self.centre)
+                and info["threshold"] == float(self.calibration.threshold) and info["n_samples"] == self.n_samples)
+        if not same:
+            raise ValueError(f"{path} was written by a build with another calibration or n_samples: "
+                             "delete it, or pass the calibration it was made with")
+        self.leader.restore(arrays["exemplars"], info["leader_eps"], info["leader_norm"])
+        k = self.leader.num_exemplars
+        self._grow(max(k, 64))
+        for name in _STATE:
+            getattr(self, "_" + name)[:k] = arrays[name].to(self.device)
+        self.tokens, self.meta = int(info["tokens"]), info["meta"]
+
     def snapshot(self) -> Dictionary:
-        """The current state as a Dictionary; the builder stays usable (add more, snapshot again)."""
+        """The current state as a Dictionary (the builder stays usable: stream more, snapshot again)."""
         k, cal = self.num_regions, self.calibration
         if k == 0:
             raise ValueError("no tokens streamed: cannot build an empty dictionary")
@@ -155,7 +192,8 @@ class DictionaryBuilder:
         meta = {**getattr(cal, "meta", {}), "threshold": float(cal.threshold),
                 "percentile": getattr(cal, "percentile", None),
                 "calibration_tokens": getattr(cal, "n_tokens", None),
-                "calibration_seed": getattr(cal, "seed", None), **self.meta,
+                "calibration_seed": getattr(cal, "seed", None),
+                "calibration_batch_size": getattr(cal, "batch_size", None), **self.meta,
                 "tokens_streamed": self.tokens, "num_regions": k, "n_samples": self.n_samples,
                 "schema_version": SCHEMA_VERSION,
                 "ep_version": __version__}
@@ -168,7 +206,6 @@ class DictionaryBuilder:
             nearest_contexts=cpu(self._near_ctx[:k]), nearest_dist=cpu(self._near_dist[:k]),
             farthest_contexts=cpu(self._far_ctx[:k]), farthest_dist=cpu(self._far_dist[:k]), meta=meta)
 
-
     def finish(self) -> Dictionary:
         """Old name of snapshot() (it never finished anything); kept so existing callers work."""
         import warnings
@@ -176,28 +213,59 @@ class DictionaryBuilder:
         return self.snapshot()
 
 
+def _skip(batches: Iterable, n: int):
+    """The stream without its first n tokens (a resumed build has streamed them already)."""
+    for batch in batches:
+        if n >= len(batch.acts):
+            n -= len(batch.acts)
+            continue
+        yield batch if n == 0 else type(batch)(*(getattr(batch, f)[n:] for f in ("acts", "doc", "pos", "token")))
+        n = 0
+
+
 def build_dictionary(batches: Iterable, calibration: Calibration, *, n_samples: int = 8,
                      device=None, progress: bool = True, max_tokens: int | None = None,
                      on_batch: Callable[[int, int], None] | None = None,
-                     meta: dict | None = None, chunk_size: int = 4096) -> Dictionary:
+                     meta: dict | None = None, chunk_size: int = 4096,
+                     checkpoint=None, checkpoint_every: int = 1_000_000,
+                     saturation_window: int | None = None) -> Dictionary:
     """
     One streaming pass over ActivationBatch-like objects -> Dictionary. max_tokens truncates
     the stream (no further batches are pulled); on_batch(tokens_so_far, num_regions) is
     called after every batch, e.g. to draw the saturation curve.
+
+    checkpoint: a file path. If it exists the build resumes from it (the stream must be the same:
+    its first tokens are skipped); the state is written there every checkpoint_every tokens and at
+    the end. saturation_window: stop after that many consecutive batches without a new region
+    (the official builder's rule; None, the default, streams everything).
     """
     from tqdm.auto import tqdm
 
     builder = DictionaryBuilder(calibration, n_samples=n_samples, device=device,
                                 chunk_size=chunk_size, meta=meta)
-    with tqdm(total=max_tokens, unit="tok", disable=not progress, desc="EP dictionary") as bar:
+    if checkpoint is not None and Path(checkpoint).exists():
+        builder.load_checkpoint(checkpoint)
+        batches = _skip(batches, builder.tokens)
+    saved, quiet = builder.tokens, 0
+    with tqdm(total=max_tokens, initial=builder.tokens, unit="tok", unit_scale=True, disable=not progress,
+              desc="EP dictionary") as bar:  # shows tokens/s, and the ETA when max_tokens is given
         for batch in batches:
             keep = None if max_tokens is None else max(0, max_tokens - builder.tokens)
-            n = builder.tokens
+            n, k = builder.tokens, builder.num_regions
             builder.add_arrays(batch.acts[:keep], batch.doc[:keep], batch.pos[:keep], batch.token[:keep])
             bar.update(builder.tokens - n)
             bar.set_postfix(regions=builder.num_regions, refresh=False)
             if on_batch is not None:
                 on_batch(builder.tokens, builder.num_regions)
+            if checkpoint is not None and builder.tokens - saved >= checkpoint_every:
+                builder.save_checkpoint(checkpoint)
+                saved = builder.tokens
+            quiet = quiet + 1 if builder.num_regions == k else 0
+            if saturation_window is not None and quiet >= saturation_window:
+                builder.meta["saturated_after_tokens"] = builder.tokens
+                break
             if max_tokens is not None and builder.tokens >= max_tokens:
                 break
+    if checkpoint is not None and builder.tokens != saved:
+        builder.save_checkpoint(checkpoint)
     return builder.snapshot()

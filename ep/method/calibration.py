@@ -145,6 +145,16 @@ class Calibration:
         _save(self, Path(path), key)
 
     @staticmethod
+    def of(dictionary) -> Calibration:
+        """The calibration a dictionary was built with (its centre, θ, and what its metadata recorded)."""
+        meta = dictionary.meta
+        return Calibration(centre=dictionary.centre, threshold=float(dictionary.threshold),
+                           percentile=float(meta.get("percentile") or "nan"),
+                           n_tokens=int(meta.get("calibration_tokens") or 0),
+                           batch_size=int(meta.get("calibration_batch_size") or 1024),
+                           seed=int(meta.get("calibration_seed") or 0))
+
+    @staticmethod
     def load(path) -> Calibration:
         return _load(Path(path))[0]
 

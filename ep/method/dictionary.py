@@ -7,11 +7,19 @@ Each region has an observed exemplar, a member count, the mean direction and coh
 to and farthest from it. Dictionary.assign gives the exact Voronoi cell of any token.
 Files are one checksummed .safetensors file, byte-identical for identical inputs, loaded
 without pickle.
+
+Schema 2 adds human-readable contexts, so a region can be shown without the documents:
+``with_contexts(lookup)`` stores (left text, token, right text) for every stored context, and
+``documents`` can hold the texts the ``doc`` column indexes (the published dictionaries keep
+prompt texts, not token ids; see ep.method.published). Schema-1 files still load.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import html
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +27,7 @@ import torch
 
 from .calibration import check_acts, load_arrays, save_arrays, to_directions
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: + strings / documents and the *_text arrays; 1 still loads
 _META_KEY = "ep_dictionary"  # the single key in the safetensors __metadata__
 
 
@@ -41,6 +49,37 @@ _SPEC: dict[str, tuple[torch.dtype, tuple]] = {
     "farthest_contexts": (torch.int64, ("K", "S", 4)),
     "farthest_dist": (torch.float32, ("K", "S")),
 }
+
+
+# schema 2: ids into the string table (left, token, right; -1 = not stored)
+_TEXT_SPEC: dict[str, tuple[torch.dtype, tuple]] = {
+    "exemplar_text": (torch.int64, ("K", 3)),
+    "nearest_text": (torch.int64, ("K", "S", 3)),
+    "farthest_text": (torch.int64, ("K", "S", 3)),
+}
+_STRING_TABLES = ("strings", "documents")  # each saved as <name>_utf8 [bytes] uint8 + <name>_offsets [n+1] int64
+
+
+def pack_strings(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """list of str -> (utf8 bytes [B] uint8, offsets [n+1] int64): strings as safetensors arrays."""
+    blobs = [t.encode("utf-8") for t in texts]
+    offsets = torch.zeros(len(blobs) + 1, dtype=torch.int64)
+    offsets[1:] = torch.tensor([len(b) for b in blobs], dtype=torch.int64).cumsum(0)
+    return torch.from_numpy(np.frombuffer(b"".join(blobs), dtype=np.uint8).copy()), offsets
+
+
+def unpack_strings(utf8: torch.Tensor, offsets: torch.Tensor) -> list[str]:
+    """Inverse of pack_strings; DictionaryFormatError on bad offsets or bytes."""
+    if utf8.dtype != torch.uint8 or utf8.ndim != 1 or offsets.dtype != torch.int64 or offsets.ndim != 1:
+        raise DictionaryFormatError("string table: expected uint8 bytes and int64 offsets")
+    o = offsets.tolist()
+    if not o or o[0] != 0 or o[-1] != utf8.numel() or any(b < a for a, b in zip(o, o[1:])):
+        raise DictionaryFormatError("string table: offsets do not cover the bytes in order")
+    raw = utf8.numpy().tobytes()
+    try:
+        return [raw[a:b].decode("utf-8") for a, b in zip(o, o[1:])]
+    except UnicodeDecodeError as e:
+        raise DictionaryFormatError(f"string table: not UTF-8 ({e})") from e
 
 
 def _validate(arrays: dict[str, torch.Tensor], threshold) -> None:
@@ -65,6 +104,85 @@ def _validate(arrays: dict[str, torch.Tensor], threshold) -> None:
         raise DictionaryFormatError("centre / exemplars contain NaN or inf")
 
 
+def _validate_text(d: Dictionary) -> None:
+    """The schema-2 arrays: shapes, and every id inside the string table (or -1)."""
+    K, S = len(d), d.n_samples
+    for name, (dtype, sym) in _TEXT_SPEC.items():
+        t, want = getattr(d, name), tuple({"K": K, "S": S}.get(s, s) for s in sym)
+        if not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != want:
+            got = (t.dtype, tuple(t.shape)) if isinstance(t, torch.Tensor) else type(t)
+            raise DictionaryFormatError(f"array {name!r}: expected {dtype} {want}, got {got}")
+        if t.numel() and (int(t.min()) < -1 or int(t.max()) >= len(d.strings)):
+            raise DictionaryFormatError(f"array {name!r}: ids outside the string table of {len(d.strings)}")
+    if not all(isinstance(x, str) for x in [*d.strings, *d.documents]):
+        raise DictionaryFormatError("strings / documents must be lists of str")
+    docs = torch.cat([d.exemplar_context[:, 0], d.nearest_contexts[..., 0].reshape(-1),
+                      d.farthest_contexts[..., 0].reshape(-1)])
+    if d.documents and int(docs.max()) >= len(d.documents):
+        raise DictionaryFormatError(f"a context names document {int(docs.max())} of {len(d.documents)}")
+
+
+@dataclass
+class Context:
+    """One stored context of a region: where it was, how far from the exemplar, and its text if kept."""
+    kind: str                  # "exemplar", "nearest" or "farthest"
+    distance: float            # cosine distance to the region's exemplar (0 for the exemplar)
+    doc: int                   # document index in the stream (-1: unknown)
+    pos: int                   # token position in that document
+    token: int                 # token id (-1: not stored, e.g. a published dictionary)
+    text: tuple[str, str, str] | None  # (left, token, right), or None when not kept
+    document: str | None = None        # the whole document's text, when only that is kept
+
+    def html(self, width: int = 80) -> str:
+        """The context with its token highlighted (or the best that is stored)."""
+        if self.text is None and self.document is not None:
+            clipped = self.document if len(self.document) <= 2 * width else self.document[:2 * width] + "…"
+            return f"<i>token {self.pos} of:</i> {html.escape(clipped)}"
+        if self.text is None:
+            return f"<i>doc {self.doc}, position {self.pos}, token id {self.token} (no text stored)</i>"
+        return highlight_html(*self.text, width=width)
+
+
+def highlight_html(left: str, token: str, right: str, width: int = 80) -> str:
+    """(left, token, right) -> HTML, the token marked; at most ``width`` characters either side."""
+    clip = lambda t: html.escape(t).replace("\n", "⏎")
+    left = ("…" + left[-width:]) if len(left) > width else left
+    right = (right[:width] + "…") if len(right) > width else right
+    return (f"{clip(left)}<mark style='background:#ffd54f;padding:0 2px'><b>{clip(token)}</b></mark>"
+            f"{clip(right)}")
+
+
+@dataclass
+class Region:
+    """One region of a Dictionary, ready to show: in a notebook its HTML repr is a card."""
+    index: int
+    count: int
+    coherence: float
+    exemplar: Context
+    nearest: list[Context]
+    farthest: list[Context]
+
+    def __repr__(self) -> str:
+        show = lambda c: (repr("".join((c.text[0][-30:], "[[", c.text[1], "]]", c.text[2][:30]))) if c.text
+                          else f"token {c.pos} of {c.document[:60]!r}" if c.document else f"doc {c.doc} pos {c.pos}")
+        lines = [f"Region {self.index}: {self.count} members, coherence {self.coherence:.3f}",
+                 f"  exemplar        {show(self.exemplar)}"]
+        lines += [f"  {c.kind:8s} {c.distance:.3f}  {show(c)}" for c in self.nearest + self.farthest]
+        return "\n".join(lines)
+
+    def html(self, n: int | None = None, width: int = 80) -> str:
+        rows = [(c.kind, c.distance, c.html(width)) for c in
+                [self.exemplar, *self.nearest[:n], *self.farthest[:n]]]
+        body = "".join(f"<tr><td>{'<b>exemplar</b>' if k == 'exemplar' else k}</td><td>{d:.3f}</td>"
+                       f"<td style='text-align:left'>{h}</td></tr>" for k, d, h in rows)
+        return (f"<h4 style='margin:8px 0 2px'>region {self.index}: {self.count} members, "
+                f"coherence {self.coherence:.2f}</h4><table style='font-family:monospace;font-size:12px'>"
+                f"<tr><th></th><th>distance</th><th>context</th></tr>{body}</table>")
+
+    def _repr_html_(self) -> str:
+        return self.html()
+
+
 @dataclass(eq=False)
 class Dictionary:
     centre: torch.Tensor             # [d] float32 frozen spherical centre
@@ -80,13 +198,28 @@ class Dictionary:
     farthest_contexts: torch.Tensor  # [K, S, 4]
     farthest_dist: torch.Tensor      # [K, S]
     meta: dict = field(default_factory=dict)  # provenance (JSON-serialisable)
+    # schema 2: human-readable contexts (see with_contexts); None -> nothing stored (-1)
+    strings: list[str] = field(default_factory=list)      # the string table
+    exemplar_text: torch.Tensor | None = None             # [K, 3] int64 ids: left, token, right
+    nearest_text: torch.Tensor | None = None              # [K, S, 3]
+    farthest_text: torch.Tensor | None = None             # [K, S, 3]
+    documents: list[str] = field(default_factory=list)    # texts the doc column indexes (optional)
 
     def __post_init__(self) -> None:
         self.threshold = float(self.threshold)
-        _validate(self._arrays(), self.threshold)
+        _validate({name: getattr(self, name) for name in _SPEC}, self.threshold)
+        self.strings, self.documents = list(self.strings), list(self.documents)
+        for name, shape in (("exemplar_text", (len(self), 3)), ("nearest_text", (len(self), self.n_samples, 3)),
+                            ("farthest_text", (len(self), self.n_samples, 3))):
+            if getattr(self, name) is None:
+                setattr(self, name, torch.full(shape, -1, dtype=torch.int64))
+        _validate_text(self)
 
     def _arrays(self) -> dict[str, torch.Tensor]:
-        return {name: getattr(self, name) for name in _SPEC}
+        arrays = {name: getattr(self, name) for name in (*_SPEC, *_TEXT_SPEC)}
+        for table in _STRING_TABLES:
+            arrays[f"{table}_utf8"], arrays[f"{table}_offsets"] = pack_strings(getattr(self, table))
+        return arrays
 
     @property
     def dim(self) -> int:
@@ -102,6 +235,67 @@ class Dictionary:
     def __repr__(self) -> str:
         return (f"Dictionary(regions={len(self)}, dim={self.dim}, threshold={self.threshold:.6g}, "
                 f"tokens={int(self.counts.sum())}, samples={self.n_samples})")
+
+    def _context(self, kind: str, k: int, j: int, lookup) -> Context:
+        if kind == "exemplar":
+            (doc, pos, token), dist, ids = self.exemplar_context[k].tolist(), 0.0, self.exemplar_text[k].tolist()
+        else:
+            ctx, dists, text = {"nearest": (self.nearest_contexts, self.nearest_dist, self.nearest_text),
+                                "farthest": (self.farthest_contexts, self.farthest_dist, self.farthest_text)}[kind]
+            (doc, pos, token, _), dist, ids = ctx[k, j].tolist(), float(dists[k, j]), text[k, j].tolist()
+        if min(ids) >= 0:
+            triple = tuple(self.strings[i] for i in ids)
+        elif lookup is not None and doc >= 0:
+            triple = tuple(lookup(doc, pos))
+        else:
+            triple = None
+        document = self.documents[doc] if triple is None and 0 <= doc < len(self.documents) else None
+        return Context(kind, dist, doc, pos, token, triple, document)
+
+    def region(self, k: int, lookup: Callable[[int, int], tuple[str, str, str]] | None = None) -> Region:
+        """
+        Region k: its exemplar, the stored members nearest to and farthest from it (with their
+        text when kept, see with_contexts; else from ``lookup(doc, pos)`` if given). A Region
+        shows itself as an HTML card in a notebook. Each context is listed once: a small region's
+        nearest and farthest members overlap, and published files list the exemplar among its nearest.
+        """
+        k = int(k)
+        if not 0 <= k < len(self):
+            raise IndexError(f"region {k} out of range for a dictionary of {len(self)} regions")
+        shown = {(int(self.exemplar_context[k, 0]), int(self.exemplar_context[k, 1]))}
+        members = {}
+        for kind, ctx in (("nearest", self.nearest_contexts), ("farthest", self.farthest_contexts)):
+            rows = ctx[k, :, :2].tolist()
+            where = [(j, (doc, pos)) for j, (doc, pos) in enumerate(rows) if doc >= 0]
+            members[kind] = [self._context(kind, k, j, lookup) for j, key in where if key not in shown]
+            shown |= {key for _, key in where}
+        return Region(k, int(self.counts[k]), float(self.coherence[k]), self._context("exemplar", k, 0, lookup),
+                      members["nearest"], members["farthest"])
+
+    def with_contexts(self, lookup: Callable[[int, int], tuple[str, str, str]]) -> Dictionary:
+        """
+        A copy that keeps, for every stored context (exemplar, nearest, farthest), the text
+        ``lookup(doc, pos) -> (left of the token, the token, right of it)``; saved in the file,
+        so region(k) shows text without the documents. Strings are stored once each.
+        """
+        table: dict[str, int] = {s: i for i, s in enumerate(self.strings)}
+        intern = lambda s: table.setdefault(str(s), len(table))
+
+        def ids(doc_pos: torch.Tensor) -> torch.Tensor:  # [..., 2] -> [..., 3]
+            flat = doc_pos.reshape(-1, 2).tolist()
+            out = [[-1, -1, -1] if doc < 0 else [intern(s) for s in _triple(lookup(doc, pos))] for doc, pos in flat]
+            return torch.tensor(out, dtype=torch.int64).reshape(*doc_pos.shape[:-1], 3)
+
+        return dataclasses.replace(
+            self, exemplar_text=ids(self.exemplar_context[:, :2]), nearest_text=ids(self.nearest_contexts[..., :2]),
+            farthest_text=ids(self.farthest_contexts[..., :2]), strings=list(table))
+
+    def neighbours(self, k: int, n: int = 5) -> tuple[np.ndarray, np.ndarray]:
+        """The n regions whose exemplars are nearest to region k's: (ids [n], cosine distances [n])."""
+        dist = 1.0 - (self.exemplars @ self.exemplars[int(k)]).double().numpy()  # [K]
+        dist[int(k)] = np.inf
+        order = np.argsort(dist, kind="stable")[:n]
+        return order, dist[order]
 
     def directions(self, acts) -> torch.Tensor:
         """acts [N, d] raw -> [N, d] float32 centred unit rows."""
@@ -125,9 +319,22 @@ class Dictionary:
     def _info(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "threshold": self.threshold, "meta": self.meta}
 
+    @property
+    def has_text(self) -> bool:
+        """True when every stored context carries its text (see with_contexts)."""
+        return bool((self.exemplar_text >= 0).all())
+
     def save(self, path) -> None:
         """Atomically write one .safetensors file (arrays + checksummed JSON header)."""
         save_arrays(path, self._arrays(), self._info(), _META_KEY)
+
+    @staticmethod
+    def from_hub(model_short: str = "gemma-2-2b", layer: int = 12, percentile: int = 10, **kwargs) -> Dictionary:
+        """A dictionary the paper's authors published (J-RUM/exemplar-partitioning), opened without
+        running code from the file: see ep.method.published.from_hub."""
+        from .published import from_hub
+
+        return from_hub(model_short, layer, percentile, **kwargs)
 
     @staticmethod
     def load(path) -> Dictionary:
@@ -136,10 +343,28 @@ class Dictionary:
             arrays, info = load_arrays(path, _META_KEY)
         except ValueError as e:
             raise DictionaryFormatError(f"{path}: {e}") from e
-        if info.get("schema_version") != SCHEMA_VERSION:
-            raise DictionaryFormatError(f"{path}: schema version {info.get('schema_version')!r}, "
-                                        f"this code reads version {SCHEMA_VERSION}")
+        version = info.get("schema_version")
+        if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+            raise DictionaryFormatError(f"{path}: schema version {version} was written by a newer ep; this code "
+                                        f"reads versions 1-{SCHEMA_VERSION}: upgrade ep to open it")
+        if version not in (1, SCHEMA_VERSION) or isinstance(version, bool):
+            raise DictionaryFormatError(f"{path}: schema version {version!r}, this code reads versions "
+                                        f"1-{SCHEMA_VERSION}")
         if not isinstance(info.get("meta"), dict):
             raise DictionaryFormatError(f"{path}: missing provenance metadata")
+        extra = {}
+        if version >= 2:
+            names = [*_TEXT_SPEC, *(f"{t}_{p}" for t in _STRING_TABLES for p in ("utf8", "offsets"))]
+            if missing := [n for n in names if n not in arrays]:
+                raise DictionaryFormatError(f"{path}: arrays: missing {missing}")
+            extra = {name: arrays.pop(name) for name in _TEXT_SPEC}
+            for t in _STRING_TABLES:
+                extra[t] = unpack_strings(arrays.pop(f"{t}_utf8"), arrays.pop(f"{t}_offsets"))
         _validate(arrays, info.get("threshold"))
-        return Dictionary(threshold=info["threshold"], meta=info["meta"], **arrays)
+        return Dictionary(threshold=info["threshold"], meta=info["meta"], **arrays, **extra)
+
+
+def _triple(t) -> tuple[str, str, str]:
+    if not (isinstance(t, (tuple, list)) and len(t) == 3 and all(isinstance(s, str) for s in t)):
+        raise ValueError(f"lookup(doc, pos) must return (left, token, right) strings, got {t!r}")
+    return tuple(t)

@@ -19,6 +19,8 @@ settled in rounds of tensor ops on the sparse "within threshold" graph (`_leader
 import numpy as np
 import torch
 
+from .device import default_device
+
 U_BF16 = 2.0**-8  # unit roundoff of bf16 (8 significant bits)
 SAFETY = 1.25  # factor on the proven input + accumulation error
 CHUNK = 1 << 25  # bf16 scores per GEMM block (64 MB)
@@ -179,7 +181,7 @@ class LeaderClustering:
     def __init__(self, dim: int, threshold: float, device: str | torch.device | None = None):
         _check_threshold(threshold)
         self.dim, self.threshold, self.tau = int(dim), float(threshold), 1.0 - float(threshold)
-        self.device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+        self.device = torch.device(device) if device is not None else default_device()
         self._e32 = torch.empty(0, self.dim, device=self.device)  # [cap, d], rows [:k] in use
         self._e16 = torch.empty(0, self.dim, dtype=torch.bfloat16, device=self.device)  # [cap, d]
         self._k, self._eps, self._norm = 0, 0.0, 0.0  # count, max ||e - bf16(e)||, max(||e||, ||bf16(e)||)
@@ -321,6 +323,18 @@ class LeaderClustering:
             return torch.mm(a, b.T, out=out)
         finally:
             flags.allow_bf16_reduced_precision_reduction = old
+
+    def state(self) -> tuple[torch.Tensor, float, float]:
+        """What a checkpoint needs: the exemplars [K, d] and the two error-bound maxima."""
+        return self.exemplars.cpu().clone(), self._eps, self._norm
+
+    def restore(self, exemplars: torch.Tensor, eps: float, norm: float) -> None:
+        """Continue from ``state()``: the same exemplars and bounds, so every later decision is the same."""
+        x = exemplars.to(self.device, torch.float32).contiguous()
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"exemplars must be [K, {self.dim}], got {tuple(x.shape)}")
+        self._e32, self._e16, self._k = x.clone(), x.bfloat16(), x.shape[0]
+        self._eps, self._norm = float(eps), float(norm)
 
     def _append(self, rows: torch.Tensor, eps: torch.Tensor, rnorm: torch.Tensor) -> None:
         k, n = self._k, rows.shape[0]

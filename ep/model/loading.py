@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ..method.device import default_device, default_dtype
+
 
 @dataclass(frozen=True)
 class EmbeddedModel:
@@ -61,15 +63,6 @@ class ModelInfo:
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EP_CACHE_DIR", Path.home() / ".cache" / "ep-tutorial"))
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def default_dtype(device: torch.device) -> torch.dtype:
-    """bf16 on a GPU (paper scale); float32 on CPU so activations match HF to the last bit."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
 def _sha256(path: Path) -> str:
@@ -137,7 +130,10 @@ def _cached_checkpoint(name: str) -> Path | None:
 
 
 def load_model(name: str = "gemma-3-270m", device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-    """Load ``name`` (embedded short name, checkpoint in ``cache_dir()``, or hub id) → ``(nnsight model, info)``."""
+    """Load ``name`` (embedded short name, checkpoint in ``cache_dir()``, or hub id) → ``(nnsight model, info)``.
+
+    ``device`` defaults to the GPU if there is one; ``dtype`` to bf16 where the hardware does it natively, else
+    fp32 (``ep.method.device.default_dtype``; ``EP_DTYPE`` overrides)."""
     from nnsight import TransformersModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..method.device import default_device, default_dtype
+
 
 def setup(seed: int = 0) -> torch.device:
     """Seed everything, turn off autograd (we only read and edit activations), set the plot style."""
@@ -25,7 +27,7 @@ def setup(seed: int = 0) -> torch.device:
     torch.set_grad_enabled(False)
     sns.set_theme(context="notebook", style="whitegrid")
     plt.rcParams.update({"figure.figsize": (7, 3.5), "figure.dpi": 100})
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return default_device()
 
 
 def machine() -> dict:
@@ -40,6 +42,7 @@ def machine() -> dict:
         "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "torch": torch.__version__,
+        "model_dtype": str(default_dtype(default_device())).removeprefix("torch."),
     }
 
 

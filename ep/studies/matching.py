@@ -30,11 +30,15 @@ from scipy.optimize import linear_sum_assignment
 from ..method.dictionary import Dictionary
 
 
-def exemplar_cosine(a: Dictionary, b: Dictionary) -> np.ndarray:
-    """[K_a, K_b] cosine between the exemplars of ``a`` and ``b`` (each a centred unit vector in its own space)."""
+def exemplar_cosine(a: Dictionary, b: Dictionary, basis: str = "exemplar") -> np.ndarray:
+    """[K_a, K_b] cosine between the exemplars (or, basis="mean", the mean-member directions) of ``a`` and ``b``
+    (each a centred unit vector in its own space)."""
     if a.dim != b.dim:
         raise ValueError(f"dictionaries of different widths cannot be matched: {a.dim} vs {b.dim}")
-    return (a.exemplars.double() @ b.exemplars.double().T).numpy()
+    if basis not in ("exemplar", "mean"):
+        raise ValueError(f"basis is 'exemplar' or 'mean', got {basis!r}")
+    field = "exemplars" if basis == "exemplar" else "mean_directions"
+    return (getattr(a, field).double() @ getattr(b, field).double().T).numpy()
 
 
 @dataclass
@@ -93,13 +97,14 @@ class Match:
                 "within_theta_fraction": float((self.distance_theta <= 1).mean()) if len(self.cosine) else 0.0}
 
 
-def match_dictionaries(a: Dictionary, b: Dictionary, cutoff: float = 0.7, min_count: int = 1) -> Match:
-    """Hungarian assignment of a's regions to b's on exemplar cosine (maximised), then the cutoff."""
+def match_dictionaries(a: Dictionary, b: Dictionary, cutoff: float = 0.7, min_count: int = 1,
+                       basis: str = "exemplar") -> Match:
+    """Hungarian assignment of a's regions to b's on exemplar (or mean-member) cosine, maximised; then the cutoff."""
     if not -1.0 <= cutoff <= 1.0:
         raise ValueError(f"cutoff is a cosine, in [-1, 1]; got {cutoff}")
     a_regions = np.flatnonzero(a.counts.numpy() >= min_count)
     b_regions = np.flatnonzero(b.counts.numpy() >= min_count)
-    cos = exemplar_cosine(a, b)[np.ix_(a_regions, b_regions)]  # [K_a', K_b']
+    cos = exemplar_cosine(a, b, basis)[np.ix_(a_regions, b_regions)]  # [K_a', K_b']
     rows, cols = linear_sum_assignment(cos, maximize=True)  # rows come back sorted
     return Match(a_ids=a_regions[rows], b_ids=b_regions[cols], cosine=cos[rows, cols],
                  a_regions=a_regions, b_regions=b_regions, cutoff=float(cutoff), theta=float(a.threshold))

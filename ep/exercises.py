@@ -1,0 +1,541 @@
+"""Checked exercises: a learner's function run against the reference on fresh random inputs.
+
+Each notebook poses a few exercises at the moments that matter (the spherical centre, θ as a
+percentile, the leader rule, ...). The learner writes a small function; ``check(name, fn)`` calls it
+and the reference on several freshly drawn inputs and prints either a pass or exactly which input
+failed, with what was expected and what came back. It never raises, so a wrong answer never stops
+the notebook: the story goes on with the reference.
+
+    >>> import numpy as np
+    >>> check("membership_f1", lambda a, b: 2 * len(set(a) & set(b)) / (len(set(a)) + len(set(b))))
+    ✓ membership_f1: matches the reference on 6 fresh inputs
+    True
+
+Every exercise is an ``Exercise``: how to draw inputs, the reference (``ep``'s own implementation
+wherever one exists, so there is one definition), how to compare, and, for the tests, a few
+plausible wrong answers that the check must catch. Inputs and outputs are numpy arrays.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+
+from .method.calibration import spherical_centre, to_directions
+from .method.leader import leader_cluster_reference
+from .model.interventions import diff_in_means, project_out
+from .studies.stability import resolution_parents
+from .studies.steering import Steer, toward_exemplar
+
+
+@dataclass(frozen=True)
+class Exercise:
+    name: str
+    notebook: str                                 # where it is posed, e.g. "01"
+    summary: str                                  # one line: what to write
+    inputs: Callable[[np.random.Generator], tuple]  # fresh arguments for one trial
+    reference: Callable[..., object]
+    wrong: dict[str, Callable[..., object]] = field(default_factory=dict)  # plausible mistakes (for tests)
+    rtol: float = 1e-5
+    atol: float = 1e-6
+
+
+def _np(x) -> np.ndarray:
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _acts(rng: np.random.Generator, n: int | None = None, d: int | None = None) -> np.ndarray:
+    """Activation-like rows [n, d]: a large shared offset plus a few big and many small directions."""
+    n, d = n or int(rng.integers(40, 120)), d or int(rng.integers(6, 24))
+    offset = rng.normal(size=d) * 4.0
+    return (offset + rng.normal(size=(n, d)) * rng.uniform(0.5, 2.0, size=d)).astype(np.float64)
+
+
+# -----------------------------------------------------------------------------
+# references that are not a single ep call (each is the definition, in a few lines)
+
+def _theta(u: np.ndarray, p: float) -> float:
+    """θ: the p-th percentile of cosine distances 1 − u_i·u_j over distinct pairs i < j."""
+    i, j = np.triu_indices(len(u), k=1)
+    return float(np.percentile(1.0 - np.einsum("nd,nd->n", u[i], u[j]), p))
+
+
+def _assign(u: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
+    """Voronoi cell of each unit row: the most similar exemplar (ties: the lowest id)."""
+    return np.argmax(u @ exemplars.T, axis=1)
+
+
+def _nearest_distance(acts: np.ndarray, centre: np.ndarray, exemplars: np.ndarray) -> np.ndarray:
+    """OOD score: cosine distance from each centred, normalised row to its nearest exemplar."""
+    return 1.0 - (_np(to_directions(acts, centre)).astype(np.float64) @ exemplars.T).max(axis=1)
+
+
+def _coherence(members: np.ndarray) -> float:
+    """||Σ u|| / n over a region's unit member directions: 1 when all agree, ~1/sqrt(n) when random."""
+    return float(np.linalg.norm(members.sum(axis=0)) / len(members))
+
+
+def _hungarian(cos: np.ndarray, cutoff: float) -> set[tuple[int, int]]:
+    """One-to-one pairs maximising the total cosine, kept where cosine >= cutoff."""
+    rows, cols = linear_sum_assignment(-cos)
+    return {(int(r), int(c)) for r, c in zip(rows, cols) if cos[r, c] >= cutoff}
+
+
+def _membership_f1(a, b) -> float:
+    """F1 (= Dice) of two sets of token ids: 2|A ∩ B| / (|A| + |B|)."""
+    a, b = set(np.asarray(a).tolist()), set(np.asarray(b).tolist())
+    return 2 * len(a & b) / (len(a) + len(b)) if a or b else 0.0
+
+
+def _top_set(scores: np.ndarray, k: int) -> set[int]:
+    """The k highest-scoring tokens among those with a positive score (fewer if fewer are positive)."""
+    pos = np.flatnonzero(scores > 0)
+    return set(pos[np.argsort(-scores[pos], kind="stable")[:k]].tolist())
+
+
+def _histogram(texts: list[np.ndarray], basis: np.ndarray) -> np.ndarray:
+    """Probe feature at l0 = 1: each token one-hot at its nearest region, averaged over the text. -> [n, K]"""
+    out = np.zeros((len(texts), len(basis)))
+    for i, u in enumerate(texts):
+        out[i] = np.bincount(_assign(u, basis), minlength=len(basis)) / len(u)
+    return out
+
+
+def _max_pooled(acts: np.ndarray, prefix: int, direction: np.ndarray) -> float:
+    """AxBench score of one row: max over the tokens after the chat prefix of h · e."""
+    return float((acts[prefix:] @ direction).max())
+
+
+def _concept_region(pos_cos: np.ndarray, neg_cos: np.ndarray) -> int:
+    """The region whose centred cosine is highest on positives relative to negatives."""
+    return int(np.argmax(pos_cos.mean(axis=0) - neg_cos.mean(axis=0)))
+
+
+# -----------------------------------------------------------------------------
+# input generators
+
+def _leader_inputs(rng: np.random.Generator) -> tuple:
+    if rng.random() < 0.5:  # exact ties: dyadic unit vectors whose cosines are exactly 0, ±0.5, ±1
+        half = np.array([[a, b, c, e] for a in (.5, -.5) for b in (.5, -.5) for c in (.5, -.5) for e in (.5, -.5)])
+        rows = np.concatenate([np.eye(4), -np.eye(4), half])
+        return rows[rng.permutation(len(rows))][: int(rng.integers(8, len(rows)))], 0.5
+    u = _unit(rng.normal(size=(int(rng.integers(30, 80)), int(rng.integers(3, 8)))))
+    return u, float(rng.uniform(0.3, 1.2))
+
+
+def _assign_inputs(rng: np.random.Generator) -> tuple:
+    d = int(rng.integers(3, 10))
+    return _unit(rng.normal(size=(int(rng.integers(20, 60)), d))), _unit(rng.normal(size=(int(rng.integers(3, 12)), d)))
+
+
+def _ood_inputs(rng: np.random.Generator) -> tuple:
+    acts = _acts(rng)
+    centre = acts.mean(axis=0) * rng.uniform(0.8, 1.0)
+    return acts, centre, _unit(rng.normal(size=(int(rng.integers(3, 10)), acts.shape[1])))
+
+
+def _removal_inputs(rng: np.random.Generator) -> tuple:
+    acts = _acts(rng)
+    return acts, _unit(rng.normal(size=acts.shape[1])), acts.mean(axis=0) + rng.normal(size=acts.shape[1])
+
+
+def _removal_inputs_no_e(rng: np.random.Generator) -> tuple:
+    acts, _, centre = _removal_inputs(rng)
+    return acts, centre
+
+
+def _two_sets_inputs(rng: np.random.Generator) -> tuple:
+    a = rng.choice(200, size=int(rng.integers(5, 40)), replace=False)
+    b = np.concatenate([rng.choice(a, size=int(rng.integers(0, len(a))), replace=False),
+                        rng.choice(np.arange(200, 300), size=int(rng.integers(1, 20)), replace=False)])
+    return a, b
+
+
+def _cos_matrix_inputs(rng: np.random.Generator) -> tuple:
+    d = 6
+    a, b = _unit(rng.normal(size=(int(rng.integers(3, 9)), d))), _unit(rng.normal(size=(int(rng.integers(3, 9)), d)))
+    return a @ b.T, float(rng.uniform(0.0, 0.6))
+
+
+def _top_set_inputs(rng: np.random.Generator) -> tuple:
+    scores = rng.normal(size=int(rng.integers(30, 200))) - rng.uniform(0, 1.5)
+    return scores, int(rng.integers(3, 40))
+
+
+def _histogram_inputs(rng: np.random.Generator) -> tuple:
+    d, k = int(rng.integers(3, 8)), int(rng.integers(2, 8))
+    texts = [_unit(rng.normal(size=(int(rng.integers(1, 15)), d)) + 0.5) for _ in range(int(rng.integers(3, 8)))]
+    return texts, _unit(rng.normal(size=(k, d)))
+
+
+def _max_pooled_inputs(rng: np.random.Generator) -> tuple:
+    acts = _acts(rng, n=int(rng.integers(10, 40)))
+    direction = _unit(rng.normal(size=acts.shape[1]))
+    acts[: 3] += 20 * direction  # the prefix scores high: including it is a visible mistake
+    return acts, 3, direction
+
+
+def _concept_inputs(rng: np.random.Generator) -> tuple:
+    k = int(rng.integers(4, 20))
+    base = rng.uniform(-0.2, 0.6, size=k)
+    neg = base * rng.uniform(0.2, 1.5, size=k) + rng.normal(0, 0.1, size=(25, k))
+    return base + rng.normal(0, 0.1, size=(20, k)), neg
+
+
+def _steer_inputs(rng: np.random.Generator) -> tuple:
+    hidden = _acts(rng)
+    return hidden, rng.normal(size=hidden.shape[1]) * 3, float(rng.uniform(0.1, 2)), float(rng.uniform(1, 50))
+
+
+def _toward_inputs(rng: np.random.Generator) -> tuple:
+    d = int(rng.integers(4, 16))
+    return rng.normal(size=d) * 5 + 3, rng.normal(size=d), _unit(rng.normal(size=d)), float(rng.uniform(0, 1))
+
+
+def _parent_inputs(rng: np.random.Generator) -> tuple:
+    n, n_fine, n_coarse = int(rng.integers(20, 80)), int(rng.integers(3, 12)), int(rng.integers(2, 6))
+    fine = rng.integers(0, n_fine - 1, size=n)  # the last fine region gets no token: its parent is -1
+    coarse = np.where(rng.random(n) < 0.7, fine % n_coarse, rng.integers(0, n_coarse, size=n))
+    return fine, coarse, n_fine
+
+
+# -----------------------------------------------------------------------------
+# the exercises
+
+EXERCISES: dict[str, Exercise] = {e.name: e for e in [
+    Exercise(
+        "coherence", "02", "coherence(members [n, d] unit rows) -> float: ||Σu|| / n",
+        lambda rng: (_unit(rng.normal(size=(int(rng.integers(2, 50)), 8)) + rng.uniform(0, 2)),), _coherence,
+        wrong={"mean norm": lambda m: float(np.linalg.norm(m, axis=1).mean()),
+               "norm of the sum": lambda m: float(np.linalg.norm(m.sum(0)))}),
+    Exercise(
+        "assign", "02", "assign(u [N, d], exemplars [K, d]) -> region [N]: the most similar exemplar",
+        _assign_inputs, _assign,
+        wrong={"least similar": lambda u, e: np.argmin(u @ e.T, axis=1),
+               "the first close exemplar, not the nearest":
+                   lambda u, e: np.array([next((k for k in range(len(e)) if x @ e[k] >= 0.5), 0) for x in u])}),
+    Exercise(
+        "spherical_centre", "01", "spherical_centre(acts [N, d]) -> centre [d]",
+        lambda rng: (_acts(rng),), lambda acts: _np(spherical_centre(acts)),
+        wrong={"plain mean": lambda a: a.mean(0),
+               "mean unit direction": lambda a: _unit(a).mean(0)}),
+    Exercise(
+        "to_directions", "01", "to_directions(acts [N, d], centre [d]) -> u [N, d] centred unit rows",
+        _removal_inputs_no_e, lambda a, c: _np(to_directions(a, c)),
+        wrong={"not centred": lambda a, c: _unit(a), "not normalised": lambda a, c: a - c}),
+    Exercise(
+        "theta_percentile", "01", "theta_percentile(u [N, d] unit rows, p) -> θ",
+        lambda rng: (_unit(rng.normal(size=(int(rng.integers(20, 80)), 6))), float(rng.choice([1.0, 5.0, 10.0]))),
+        _theta,
+        wrong={"with the diagonal": lambda u, p: float(np.percentile(1 - u @ u.T, p)),
+               "the (100 - p)-th percentile": lambda u, p: _theta(u, 100 - p),
+               "cosine, not distance": lambda u, p: float(np.percentile(u @ u.T, p))}),
+    Exercise(
+        "leader_rule", "02", "leader_rule(u [N, d] unit rows, theta) -> exemplar indices in arrival order",
+        _leader_inputs, lambda u, t: leader_cluster_reference(u, t),
+        wrong={">= instead of >": lambda u, t: _leader_ge(u, t),
+               "only the last exemplar": lambda u, t: _leader_last(u, t)}),
+    Exercise(
+        "nearest_exemplar_distance", "03",
+        "nearest_exemplar_distance(acts [N, d], centre [d], exemplars [K, d]) -> [N] cosine distance",
+        _ood_inputs, _nearest_distance,
+        wrong={"not centred": lambda a, c, e: 1 - (_unit(a) @ e.T).max(1),
+               "farthest": lambda a, c, e: 1 - (_unit(a - c) @ e.T).min(1)}),
+    Exercise(
+        "document_score", "03", "document_score(token_scores [T]) -> float: a text's OOD score, the mean",
+        lambda rng: (rng.gamma(2.0, 0.2, size=int(rng.integers(3, 60))),), lambda s: float(np.mean(s)),
+        wrong={"max": lambda s: float(np.max(s)), "sum": lambda s: float(np.sum(s))}),
+    Exercise(
+        "centred_removal", "04", "centred_removal(x [N, d], e [d] unit, c [d]) -> x with (x - c)·e removed",
+        _removal_inputs, lambda x, e, c: _np(project_out(*map(torch.as_tensor, (x, e[None], c)))),
+        wrong={"plain removal": lambda x, e, c: x - np.outer(x @ e, e),
+               "centre dropped": lambda x, e, c: (x - c) - np.outer((x - c) @ e, e)}, rtol=1e-4, atol=1e-4),
+    Exercise(
+        "diff_in_means", "04", "diff_in_means(pos [N1, d], neg [N2, d]) -> unit [d]",
+        lambda rng: (lambda d: (_acts(rng, d=d), _acts(rng, d=d)))(int(rng.integers(6, 24))),
+        lambda p, n: _np(diff_in_means(torch.as_tensor(p), torch.as_tensor(n))).astype(np.float64),
+        wrong={"not normalised": lambda p, n: p.mean(0) - n.mean(0),
+               "neg - pos": lambda p, n: _unit(n.mean(0) - p.mean(0))}, rtol=1e-4, atol=1e-5),
+    Exercise(
+        "hungarian_match", "05", "hungarian_match(cos [Ka, Kb], cutoff) -> set of (i, j) one-to-one pairs",
+        _cos_matrix_inputs, _hungarian,
+        wrong={"greedy per row": lambda c, t: {(i, int(c[i].argmax())) for i in range(len(c)) if c[i].max() >= t},
+               "no cutoff": lambda c, t: _hungarian(c, -2.0)}),
+    Exercise(
+        "membership_f1", "05", "membership_f1(a, b) -> float: F1 of two sets of token ids",
+        _two_sets_inputs, _membership_f1,
+        wrong={"Jaccard": lambda a, b: len(set(a) & set(b)) / len(set(a) | set(b))}),
+    Exercise(
+        "top_set", "06", "top_set(scores [N], k) -> set of the k top tokens among positive scores",
+        _top_set_inputs, _top_set,
+        wrong={"positives not required": lambda s, k: set(np.argsort(-s, kind="stable")[:k].tolist())}),
+    Exercise(
+        "histogram_feature", "06", "histogram_feature(texts: list of [T, d] unit rows, basis [K, d]) -> [n, K]",
+        _histogram_inputs, _histogram,
+        wrong={"pooled then one-hot": lambda t, b: np.eye(len(b))[[_assign(_unit(x.mean(0))[None], b)[0] for x in t]],
+               "counts, not means": lambda t, b: np.stack([np.bincount(_assign(x, b), minlength=len(b)) for x in t])}),
+    Exercise(
+        "max_pooled_score", "07", "max_pooled_score(acts [T, d], prefix, e [d]) -> float",
+        _max_pooled_inputs, _max_pooled,
+        wrong={"prefix included": lambda a, p, e: float((a @ e).max()),
+               "mean pooling": lambda a, p, e: float((a[p:] @ e).mean())}),
+    Exercise(
+        "steer", "08", "steer(hidden [N, d], direction [d], strength, unit) -> hidden + strength·unit·(unit direction)",
+        _steer_inputs,
+        lambda h, v, a, s: _np(Steer(torch.as_tensor(v), a, s, 0)(torch.as_tensor(h), 0)).astype(np.float64),
+        wrong={"direction not normalised": lambda h, v, a, s: h + a * s * v,
+               "unit ignored": lambda h, v, a, s: h + a * v / np.linalg.norm(v)}, rtol=1e-4, atol=1e-3),
+    Exercise(
+        "toward_exemplar", "08", "toward_exemplar(x [d], centre [d], target [d] unit, amount) -> x, rotated",
+        _toward_inputs,
+        lambda x, c, t, a: _np(toward_exemplar(*map(torch.as_tensor, (x, c, t)), a)).astype(np.float64),
+        wrong={"norm not kept": lambda x, c, t, a: c + (1 - a) * (x - c) + a * t,
+               "no centre": lambda x, c, t, a: np.linalg.norm(x) * _unit((1 - a) * _unit(x) + a * t)},
+        rtol=1e-4, atol=1e-3),
+    Exercise(
+        "new_per_batch", "09", "new_per_batch(region_counts [n]) -> new regions added by each batch [n]",
+        lambda rng: (np.cumsum(rng.integers(0, 30, size=int(rng.integers(3, 20)))),),
+        lambda counts: np.diff(np.r_[0, counts]),
+        wrong={"first batch dropped": lambda c: np.diff(c), "cumulative": lambda c: c}),
+    Exercise(
+        "majority_parent", "09", "majority_parent(fine_ids [N], coarse_ids [N], n_fine) -> parent [n_fine]",
+        _parent_inputs, lambda f, c, n: resolution_parents(f, c, n)[0],
+        wrong={"first token's region": lambda f, c, n: np.array([c[f == i][0] if (f == i).any() else -1
+                                                                 for i in range(n)]),
+               "ties to the highest id": lambda f, c, n: _parent_ties_high(f, c, n)}),
+    Exercise(
+        "concept_region", "07", "concept_region(pos_cos [Np, K], neg_cos [Nn, K]) -> region id",
+        _concept_inputs, _concept_region,
+        wrong={"positives only": lambda p, n: int(np.argmax(p.mean(0)))}),
+]}
+
+
+def _parent_ties_high(fine: np.ndarray, coarse: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, -1)
+    for i in range(n):
+        b = np.bincount(coarse[fine == i])
+        if len(b):
+            out[i] = len(b) - 1 - np.argmax(b[::-1])
+    return out
+
+
+def _leader_ge(u: np.ndarray, theta: float) -> np.ndarray:
+    ex: list[int] = []
+    for i, x in enumerate(u):
+        if all(1 - x @ u[j] >= theta for j in ex):
+            ex.append(i)
+    return np.array(ex)
+
+
+def _leader_last(u: np.ndarray, theta: float) -> np.ndarray:
+    ex: list[int] = []
+    for i, x in enumerate(u):
+        if not ex or 1 - x @ u[ex[-1]] > theta:
+            ex.append(i)
+    return np.array(ex)
+
+
+# -----------------------------------------------------------------------------
+# checking
+
+def _same(got, want, ex: Exercise) -> str | None:
+    """None when got matches want, else a short description of the difference."""
+    if isinstance(want, set):
+        got = set(map(tuple, got)) if got and not isinstance(next(iter(got)), (int, np.integer)) else set(got)
+        return None if got == want else f"missing {sorted(want - got)[:5]}, unexpected {sorted(got - want)[:5]}"
+    want, got = np.asarray(_np(want), dtype=np.float64), np.asarray(_np(got), dtype=np.float64)
+    if got.shape != want.shape:
+        return f"shape {got.shape}, expected {want.shape}"
+    if not np.allclose(got, want, rtol=ex.rtol, atol=ex.atol):
+        i = np.unravel_index(np.argmax(np.abs(got - want)), want.shape) if want.ndim else ()
+        return f"at index {tuple(map(int, i))}: expected {want[i]!r}, got {got[i]!r}" if want.ndim else \
+            f"expected {float(want)!r}, got {float(got)!r}"
+    return None
+
+
+def _describe(args: tuple) -> str:
+    out = []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            out.append(f"array {a.shape}")
+        elif isinstance(a, list):
+            out.append(f"list of {len(a)} arrays")
+        else:
+            out.append(repr(a))
+    return "(" + ", ".join(out) + ")"
+
+
+def check(name: str, fn: Callable, trials: int = 6, must_pass: bool = False, quiet: bool = False) -> bool:
+    """Run ``fn`` against exercise ``name``'s reference on ``trials`` fresh inputs; print and return the verdict.
+
+    Never raises for a wrong or unfinished answer (unless ``must_pass``, which CI uses with the solutions
+    filled in): the notebook goes on with the reference either way."""
+    ex = EXERCISES[name]
+    seed = int(np.random.SeedSequence().entropy % 2**32)  # fresh inputs every call; printed to reproduce
+    rng = np.random.default_rng(seed)
+    verdict = None
+    for trial in range(trials):
+        args = ex.inputs(rng)
+        want = ex.reference(*args)
+        try:
+            got = fn(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
+        except NotImplementedError:
+            verdict = "not written yet (it raises NotImplementedError): fill in the function and run the cell again"
+            break
+        except Exception as e:  # a learner's bug: say where, do not stop the notebook
+            frame = traceback.extract_tb(e.__traceback__)[-1]
+            verdict = f"raised {type(e).__name__}: {e} (line {frame.lineno}) on input {_describe(args)}"
+            break
+        try:
+            diff = _same(got, want, ex)
+        except Exception as e:
+            diff = f"returned a {type(got).__name__}, not comparable with the expected {type(want).__name__} ({e})"
+        if diff is not None:
+            verdict = f"trial {trial + 1}, input {_describe(args)}: {diff}"
+            break
+    if not quiet:
+        print(f"✓ {name}: matches the reference on {trials} fresh inputs" if verdict is None else
+              f"✗ {name}: {verdict}  [inputs from seed {seed}]")
+    if must_pass and verdict is not None:
+        raise AssertionError(f"exercise {name}: {verdict}")
+    return verdict is None
+
+
+def solution(name: str) -> Callable:
+    """The worked solution of exercise ``name``: plain numpy, as a learner would write it (see SOLUTIONS)."""
+    return SOLUTIONS[name]
+
+
+def solution_source(name: str) -> str:
+    """The worked solution's source, as the notebook's solution dropdown shows it."""
+    import inspect
+
+    return inspect.getsource(SOLUTIONS[name]).replace(f"def {name}_solution(", f"def {name}(")
+
+
+def for_notebook(notebook: str) -> list[Exercise]:
+    """The exercises posed in one notebook, e.g. ``for_notebook("02")``."""
+    return [e for e in EXERCISES.values() if e.notebook == notebook]
+
+
+# -----------------------------------------------------------------------------
+# worked solutions: what a learner would write, in plain numpy. The notebooks show them in a dropdown
+# (tests/test_exercises.py checks the text there is this source) and CI runs them with fill_solutions=True.
+
+def spherical_centre_solution(acts):
+    unit = acts / np.linalg.norm(acts, axis=1, keepdims=True)
+    direction = unit.mean(axis=0)
+    direction /= np.linalg.norm(direction)
+    return (acts.mean(axis=0) @ direction) * direction
+
+
+def to_directions_solution(acts, centre):
+    x = acts - centre
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def theta_percentile_solution(u, p):
+    i, j = np.triu_indices(len(u), k=1)  # each pair once, no self-pairs
+    return np.percentile(1 - (u[i] * u[j]).sum(axis=1), p)
+
+
+def leader_rule_solution(u, theta):
+    exemplars = []
+    for i in range(len(u)):
+        if all(1 - u[i] @ u[e] > theta for e in exemplars):  # farther than θ from every earlier exemplar
+            exemplars.append(i)
+    return np.array(exemplars)
+
+
+def assign_solution(u, exemplars):
+    return np.argmax(u @ exemplars.T, axis=1)
+
+
+def coherence_solution(members):
+    return np.linalg.norm(members.sum(axis=0)) / len(members)
+
+
+def nearest_exemplar_distance_solution(acts, centre, exemplars):
+    u = acts - centre
+    u = u / np.linalg.norm(u, axis=1, keepdims=True)
+    return 1 - (u @ exemplars.T).max(axis=1)
+
+
+def document_score_solution(token_scores):
+    return float(np.mean(token_scores))
+
+
+def centred_removal_solution(x, e, c):
+    return x - np.outer((x - c) @ e, e)
+
+
+def diff_in_means_solution(pos, neg):
+    d = pos.mean(axis=0) - neg.mean(axis=0)
+    return d / np.linalg.norm(d)
+
+
+def hungarian_match_solution(cos, cutoff):
+    rows, cols = linear_sum_assignment(cos, maximize=True)
+    return {(int(r), int(c)) for r, c in zip(rows, cols) if cos[r, c] >= cutoff}
+
+
+def membership_f1_solution(a, b):
+    a, b = set(a.tolist()), set(b.tolist())
+    return 2 * len(a & b) / (len(a) + len(b))
+
+
+def top_set_solution(scores, k):
+    order = np.argsort(-scores, kind="stable")
+    return {int(i) for i in order[:k] if scores[i] > 0}
+
+
+def histogram_feature_solution(texts, basis):
+    out = np.zeros((len(texts), len(basis)))
+    for t, u in enumerate(texts):
+        for region in np.argmax(u @ basis.T, axis=1):
+            out[t, region] += 1 / len(u)
+    return out
+
+
+def max_pooled_score_solution(acts, prefix, e):
+    return float((acts[prefix:] @ e).max())
+
+
+def concept_region_solution(pos_cos, neg_cos):
+    return int(np.argmax(pos_cos.mean(axis=0) - neg_cos.mean(axis=0)))
+
+
+def steer_solution(hidden, direction, strength, unit):
+    return hidden + strength * unit * direction / np.linalg.norm(direction)
+
+
+def toward_exemplar_solution(x, centre, target, amount):
+    v = x - centre
+    w = (1 - amount) * v / np.linalg.norm(v) + amount * target
+    return centre + np.linalg.norm(v) * w / np.linalg.norm(w)
+
+
+def new_per_batch_solution(region_counts):
+    return np.diff(region_counts, prepend=0)
+
+
+def majority_parent_solution(fine_ids, coarse_ids, n_fine):
+    parent = np.full(n_fine, -1)
+    for f in range(n_fine):
+        mine = coarse_ids[fine_ids == f]
+        if len(mine):
+            parent[f] = np.argmax(np.bincount(mine))  # argmax: ties go to the lowest id
+    return parent
+
+
+SOLUTIONS: dict[str, Callable] = {name.removesuffix("_solution"): fn for name, fn in list(globals().items())
+                                  if name.endswith("_solution") and callable(fn)}

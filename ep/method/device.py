@@ -1,0 +1,54 @@
+"""Where to compute, and in which float format: one decision for the whole package.
+
+bf16 where the hardware does it natively: Ampere-or-newer GPUs (compute capability 8.0+) and CPUs with
+avx512_bf16 or AMX (about twice the fp32 forward rate there); fp32 elsewhere. A T4 (7.5) has no native bf16 and
+gets fp32; fp16 is never chosen, because Gemma's activations overflow it. ``EP_DTYPE`` (float32 or bfloat16) or
+the ``dtype=`` argument of ``ep.load_model`` overrides the choice.
+
+    >>> default_dtype(torch.device("cpu"))  # on a CPU without bf16 instructions
+    torch.float32
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+DTYPE_ENV = "EP_DTYPE"
+_NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def default_device() -> torch.device:
+    """The GPU when there is one, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = cpuinfo if cpuinfo is not None else Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return set(line.partition(":")[2].split())
+
+
+def native_bf16(device: torch.device, cpuinfo: str | None = None) -> bool:
+    """Does ``device`` multiply in bf16 natively?"""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    if device.type == "cpu":
+        return bool(cpu_flags(cpuinfo) & {"avx512_bf16", "amx_bf16"})
+    return False
+
+
+def default_dtype(device: torch.device, cpuinfo: str | None = None) -> torch.dtype:
+    """bf16 where native, else fp32; ``$EP_DTYPE`` overrides (float32 / bfloat16)."""
+    name = os.environ.get(DTYPE_ENV, "").strip().lower()
+    if name:
+        if name not in _NAMES:
+            raise ValueError(f"{DTYPE_ENV}={name!r}: use float32 or bfloat16 (fp16 is not supported: Gemma overflows)")
+        return _NAMES[name]
+    return torch.bfloat16 if native_bf16(device, cpuinfo) else torch.float32

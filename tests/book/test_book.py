@@ -1,0 +1,84 @@
+"""The rendered book: built from the executed notebooks, every page opened in headless Chromium.
+
+Runs after the notebook tests (``make test`` calls it second), from their executed copies in
+outputs/tests/. Checks that each chapter, the guide and the glossary load, that every local image on every
+page decoded (naturalWidth > 0), that the chapters carry figures, and that no local link is broken.
+"""
+
+import os
+import re
+import shutil
+import sys
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "docs"))
+from build_book import build  # noqa: E402
+
+CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+needs_browser = pytest.mark.skipif(
+    not (CHROMIUM and DRIVER) and not os.environ.get("CI"),
+    reason="headless Chromium not installed (Debian: apt-get install chromium chromium-driver); CI installs it")
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    executed = Path(os.environ.get("EP_BOOK_EXECUTED", REPO / "outputs" / "tests"))
+    return build(executed, tmp_path_factory.mktemp("book") / "html").parent
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(flag)
+    opts.binary_location = CHROMIUM
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    yield driver
+    driver.quit()
+
+
+def _pages(book: Path) -> list[Path]:
+    chapters = sorted((book / "notebooks").glob("*.html"))
+    return [book / "index.html", book / "guide.html", book / "glossary.html", *chapters]
+
+
+def test_every_chapter_is_in_the_book(book):
+    names = {p.stem for p in (book / "notebooks").glob("*.html")}
+    assert names == {p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")}
+
+
+def test_local_links_resolve(book):
+    broken = []
+    for page in _pages(book):
+        for target in re.findall(r'(?:href|src)="([^"#?]+)', page.read_text()):
+            url = urlparse(target)
+            if url.scheme or url.netloc or target.startswith("mailto:"):
+                continue
+            if not (page.parent / unquote(url.path)).exists():
+                broken.append(f"{page.relative_to(book)} -> {target}")
+    assert not broken, broken[:10]
+
+
+@needs_browser
+def test_pages_load_with_their_figures(book, browser):
+    figures = {}
+    for page in _pages(book):
+        browser.get(page.as_uri())
+        assert browser.execute_script("return document.readyState") == "complete"
+        title = browser.title
+        assert title and "404" not in title, page
+        images = browser.execute_script(
+            "return Array.from(document.images).map(i => [i.src, i.complete && i.naturalWidth > 0])")
+        images = [(src, ok) for src, ok in images if src.startswith(("file:", "data:"))]  # badges need the web
+        bad = [src for src, ok in images if not ok]
+        assert not bad, f"{page.name}: images that did not load: {bad[:5]}"
+        if page.parent.name == "notebooks":
+            figures[page.stem] = len(images)
+    assert all(figures.values()), f"chapters without a figure: {[k for k, v in figures.items() if not v]}"

@@ -1,0 +1,48 @@
+"""One decision for device and dtype: bf16 where the hardware does it natively, fp32 elsewhere, never fp16."""
+
+import pytest
+import torch
+
+from ep.method import device as D
+
+AVX512_BF16 = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_tile\n"
+PLAIN = "processor\t: 0\nflags\t\t: fpu sse avx2 avx512f\n"
+ARM = "processor\t: 0\nFeatures\t: fp asimd bf16\n"
+
+
+@pytest.fixture(autouse=True)
+def no_override(monkeypatch):
+    monkeypatch.delenv(D.DTYPE_ENV, raising=False)
+
+
+def test_cpu_by_flags():
+    cpu = torch.device("cpu")
+    assert D.default_dtype(cpu, AVX512_BF16) == torch.bfloat16
+    assert D.default_dtype(cpu, PLAIN) == torch.float32
+    assert D.default_dtype(cpu, ARM) == torch.float32  # arm "bf16" is not one of the x86 instructions we measured
+    assert D.default_dtype(cpu, "") == torch.float32
+
+
+CAPABILITIES = [((7, 5), torch.float32), ((8, 0), torch.bfloat16), ((9, 0), torch.bfloat16)]
+
+
+@pytest.mark.parametrize("capability,dtype", CAPABILITIES)
+def test_gpu_by_compute_capability(monkeypatch, capability, dtype):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert D.default_dtype(torch.device("cuda")) == dtype  # a T4 (7.5) gets fp32: no native bf16, and never fp16
+
+
+def test_override_and_bad_value(monkeypatch):
+    monkeypatch.setenv(D.DTYPE_ENV, "float32")
+    assert D.default_dtype(torch.device("cpu"), AVX512_BF16) == torch.float32
+    monkeypatch.setenv(D.DTYPE_ENV, "bf16")
+    assert D.default_dtype(torch.device("cpu"), PLAIN) == torch.bfloat16
+    monkeypatch.setenv(D.DTYPE_ENV, "float16")
+    with pytest.raises(ValueError, match="fp16"):
+        D.default_dtype(torch.device("cpu"))
+
+
+def test_this_machine_is_decided_once():
+    dev = D.default_device()
+    assert dev.type in ("cpu", "cuda")
+    assert D.default_dtype(dev) in (torch.float32, torch.bfloat16)

@@ -1,0 +1,105 @@
+"""Every exercise checker passes its own reference and catches each plausible wrong answer it lists."""
+
+import numpy as np
+import pytest
+
+from ep import exercises as X
+
+NAMES = sorted(X.EXERCISES)
+
+
+def test_at_least_two_per_notebook():
+    per = {}
+    for ex in X.EXERCISES.values():
+        per[ex.notebook] = per.get(ex.notebook, 0) + 1
+    assert all(n >= 2 for n in per.values()), per
+    assert {"01", "02", "03", "04", "05", "06", "07", "08", "09"} <= set(per)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_reference_passes(name, capsys):
+    assert X.check(name, X.EXERCISES[name].reference, trials=8)
+    assert "✓" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_worked_solution_passes(name):
+    """Each notebook's worked solution is an independent implementation: it must agree with the reference."""
+    assert X.check(name, X.solution(name), trials=12, quiet=True)
+
+
+def test_every_exercise_has_a_worked_solution():
+    assert set(X.SOLUTIONS) == set(X.EXERCISES)
+
+
+@pytest.mark.parametrize("name,mistake", [(n, w) for n in NAMES for w in X.EXERCISES[n].wrong])
+def test_wrong_answer_fails(name, mistake, capsys):
+    assert not X.check(name, X.EXERCISES[name].wrong[mistake], trials=12)
+    out = capsys.readouterr().out
+    assert "✗" in out and "seed" in out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_exercise_lists_a_wrong_answer(name):
+    assert X.EXERCISES[name].wrong, "a checker that is never shown to fail proves nothing"
+
+
+def test_unfinished_and_crashing_answers_never_raise(capsys):
+    def unfinished(*args):
+        raise NotImplementedError
+
+    assert not X.check("leader_rule", unfinished)
+    assert "not written yet" in capsys.readouterr().out
+    assert not X.check("spherical_centre", lambda a: a[:, 999])
+    assert "IndexError" in capsys.readouterr().out
+    assert not X.check("hungarian_match", lambda c, t: None)
+    assert "✗" in capsys.readouterr().out
+
+
+def test_must_pass_raises_for_ci():
+    with pytest.raises(AssertionError, match="spherical_centre"):
+        X.check("spherical_centre", lambda a: a.mean(0), must_pass=True, quiet=True)
+
+
+def test_message_says_what_differs(capsys):
+    X.check("document_score", lambda s: float(np.max(s)))
+    out = capsys.readouterr().out
+    assert "expected" in out and "got" in out
+
+
+def test_leader_ties_are_exercised():
+    """The >= / > mistake is only visible on exact ties: the generator must produce them."""
+    rng = np.random.default_rng(0)
+    seen = False
+    for _ in range(20):
+        u, theta = X.EXERCISES["leader_rule"].inputs(rng)
+        d = 1 - u @ u.T
+        seen |= bool((d == theta).any())
+    assert seen
+
+
+def test_teaching_theta_matches_the_package():
+    """The exercise's one-batch θ is the package's percentile threshold over one batch of all rows."""
+    import ep
+
+    u = X._unit(np.random.default_rng(1).normal(size=(64, 5)))
+    assert X._theta(u, 5.0) == pytest.approx(ep.percentile_threshold(u.astype(np.float32), 5.0, batch_size=64),
+                                             abs=1e-5)
+
+
+def test_notebook_solutions_are_the_worked_solutions():
+    """The solution a notebook shows in its dropdown is the one CI runs (fill_solutions) and the tests check."""
+    import json
+    import re
+    from pathlib import Path
+
+    shown = {}
+    for path in sorted((Path(__file__).resolve().parents[1] / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            text = "".join(cell["source"])
+            if cell["cell_type"] == "markdown" and "exercise" in cell["metadata"].get("tags", []):
+                code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+                name = re.match(r"def (\w+)\(", code).group(1)
+                shown[name] = code
+                assert code.strip() == X.solution_source(name).strip(), f"{path.name}: {name} differs from ep"
+    assert shown, "no exercise found in the notebooks"
