@@ -26,7 +26,7 @@ import torch
 from .._version import __version__
 from .calibration import Calibration, check_acts, load_arrays, save_arrays, to_directions
 from .dictionary import SCHEMA_VERSION, Dictionary
-from .leader import LeaderClustering
+from .leader import LeaderClustering, torch_threads
 
 
 def _merge_top(dist_state: torch.Tensor, ctx_state: torch.Tensor, region: torch.Tensor,
@@ -75,13 +75,15 @@ class DictionaryBuilder:
     """Streaming state of a dictionary under construction: add(batch)..., snapshot() at any time."""
 
     def __init__(self, calibration: Calibration, *, n_samples: int = 8, device=None,
-                 chunk_size: int = 4096, meta: dict | None = None):
+                 chunk_size: int = 4096, meta: dict | None = None, threads: int | None = None):
+        """threads: CPU threads per batch; None re-decides each batch from the cores other tasks leave free."""
         theta = float(calibration.threshold)
         if not (math.isfinite(theta) and theta > 0):
             raise ValueError(f"threshold must be finite and > 0, got {theta}")
         if n_samples < 0 or chunk_size < 1:
             raise ValueError(f"need n_samples >= 0 and chunk_size >= 1, got {n_samples}, {chunk_size}")
         self.calibration, self.n_samples, self.chunk_size = calibration, int(n_samples), int(chunk_size)
+        self.threads = threads
         self.dim, self.meta, self.tokens = int(calibration.centre.shape[0]), dict(meta or {}), 0
         self.leader = LeaderClustering(self.dim, theta, device=device)  # None: cuda if available
         self.device = self.leader.device
@@ -117,6 +119,10 @@ class DictionaryBuilder:
     @torch.no_grad()
     def add_arrays(self, acts, doc, pos, token) -> int:
         """Stream acts [n, d] with doc/pos/token [n]; returns the number of new regions."""
+        with torch_threads(self.threads):
+            return self._add_arrays(acts, doc, pos, token)
+
+    def _add_arrays(self, acts, doc, pos, token) -> int:
         a = check_acts(acts, self.dim, allow_empty=True)
         n = a.shape[0]
         cols = [torch.as_tensor(x).reshape(-1).to(self.device, torch.int64) for x in (doc, pos, token)]
