@@ -251,16 +251,19 @@ class LeaderClustering:
         similar still to an exemplar born earlier in its own batch. Check those (fp32 screen, dot64 decides).
         x [B, d], is_new/near/sim [B]; exemplars k0.. are the batch's new ones."""
         pos = is_new.nonzero()[:, 0]  # [n] rows that became exemplars k0, k0+1, ...
-        if pos.numel() == 0 or bool(is_new.all()):
-            return near, sim
         B, d = x.shape
-        s = x @ x[pos].T  # [B, n] fp32
-        s.masked_fill_(pos[None, :] >= torch.arange(B, device=x.device)[:, None], -torch.inf)  # not yet born
-        s[is_new] = -torch.inf  # an exemplar is its own region
+        # only rows matched to an old exemplar (near < k0) after the batch's first new one; a follower's
+        # nearest already is its most similar earlier leader (every old exemplar is below tau for it)
+        todo = ((near < k0) & (torch.arange(B, device=x.device) > pos[0])).nonzero()[:, 0] if pos.numel() else pos
+        if todo.numel() == 0:
+            return near, sim
+        s = x[todo] @ x[pos].T  # [t, n] fp32
+        s.masked_fill_(pos[None, :] >= todo[:, None], -torch.inf)  # not yet born
         tol = (2.0 * d * 2.0**-24 + 1e-6) * max(1.0, self._norm**2)  # > |fp32 dot - dot64|
-        r, c = (s >= sim[:, None] - tol).nonzero(as_tuple=True)  # might beat the current choice
+        r, c = (s >= sim[todo, None] - tol).nonzero(as_tuple=True)  # might beat the current choice
         if r.numel() == 0:
             return near, sim
+        r = todo[r]
         rows = torch.unique(r)
         cand_row, cand_id = torch.cat([rows, r]), torch.cat([near[rows], k0 + c])
         exact = _pair_dot64(x, cand_row, self._e32, cand_id)  # float64, batch-independent
