@@ -43,7 +43,7 @@ class _Stop(Exception):
 
 def bare_forward(model, texts, layer: int, context: int, batch: int) -> tuple[int, float]:
     """Tokens/s of the plain HF forward up to `layer` (stopped by a hook), batches like the extractor's."""
-    hf, tok = model._model, model.tokenizer  # the wrapped transformers model: bare, no tracing
+    hf, tok = model._module, model.tokenizer  # the wrapped transformers model itself: bare, no tracing
     block = hf.model.layers[layer]
 
     def stop(*_):
