@@ -28,6 +28,7 @@ U_BF16 = 2.0**-8  # unit roundoff of bf16 (8 significant bits)
 SAFETY = 1.25  # factor on the proven input + accumulation error
 CHUNK = 1 << 25  # bf16 scores per GEMM block (64 MB)
 ROW_BLOCK = 512  # rows per block of the within-batch GEMM
+SUB_BATCH = 512  # smallest sub-batch of add() while the exemplars are fewer
 
 
 def dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -240,9 +241,15 @@ class LeaderClustering:
         >>> [t.tolist() for t in lc.add([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])]
         [[True, True, False], [0, 1, 1], [1.0, 1.0, 0.800000011920929]]
         """
-        x, k0 = _as_rows(directions, self.dim).to(self.device), self._k
-        is_new, near, sim = self._add(x, nearest=True)
-        return (is_new, *self._arrival_nearest(x, is_new, near, sim, k0))
+        x, out, s = _as_rows(directions, self.dim).to(self.device), [], 0
+        while s < x.shape[0] or not out:
+            # with few exemplars yet, most rows of a batch reach the within-batch stage, whose graph of pairs
+            # within threshold is dense on real (anisotropic) activations: take sub-batches that grow with K
+            step, k0 = max(SUB_BATCH, self._k), self._k
+            is_new, near, sim = self._add(x[s : s + step], nearest=True)
+            out.append((is_new, *self._arrival_nearest(x[s : s + step], is_new, near, sim, k0)))
+            s += step
+        return tuple(torch.cat(t) for t in zip(*out))
 
     @torch.no_grad()
     def _arrival_nearest(self, x: torch.Tensor, is_new: torch.Tensor, near: torch.Tensor, sim: torch.Tensor,
@@ -391,8 +398,11 @@ def leader_cluster(directions, threshold: float, batch_size: int = 4096) -> np.n
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     lc, bs, out = LeaderClustering(x.shape[1], threshold, device=x.device if x.is_cuda else None), int(batch_size), []
-    for s in range(0, x.shape[0], bs):
+    s = 0
+    while s < x.shape[0]:
+        step = min(bs, max(SUB_BATCH, lc.num_exemplars))  # as in add(): sub-batches grow with K
         with torch_threads(None):
-            is_new = lc._add(x[s : s + bs].to(lc.device), nearest=False)[0]
+            is_new = lc._add(x[s : s + step].to(lc.device), nearest=False)[0]
         out.append(is_new.nonzero()[:, 0].cpu() + s)
+        s += step
     return torch.cat(out).numpy().astype(np.int64)
