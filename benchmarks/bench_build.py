@@ -81,9 +81,10 @@ def cost_vs_k(n: int, d: int, seed: int = 0) -> list[dict]:
     b, out = DictionaryBuilder(cal), []
     for s in range(0, n, 4096):
         t = time.perf_counter()
-        b.add_arrays(x[s:s + 4096], torch.zeros(4096), torch.zeros(4096), torch.zeros(4096))
+        m = x[s:s + 4096].shape[0]
+        b.add_arrays(x[s:s + m], torch.zeros(m), torch.zeros(m), torch.zeros(m))
         dt = time.perf_counter() - t
-        out.append({"tokens": s + 4096, "K": b.num_regions, "us_per_token": 1e6 * dt / 4096,
+        out.append({"tokens": s + m, "K": b.num_regions, "us_per_token": 1e6 * dt / m,
                     "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "loads": loads()})
     return out
 
