@@ -351,7 +351,7 @@ def matched_null(table, dictionary: Dictionary, target: int, *, min_members: int
                  & ~table["region"].isin([target, *exclude])]
     if pool.empty:
         raise ValueError(f"no region with >= {min_members} members and refusal rate <= {max_rate} for a null")
-    ids = torch.as_tensor(pool["region"].to_numpy(dtype=np.int64))
+    ids = torch.tensor(pool["region"].to_numpy(dtype=np.int64))
     log_n = torch.log10(dictionary.counts.double().clamp_min(1))
     coherence = dictionary.coherence.double()
     gap = (log_n[ids] - log_n[target]) ** 2 + (coherence[ids] - coherence[target]) ** 2
