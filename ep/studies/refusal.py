@@ -273,8 +273,10 @@ def null_regions(table, size: int, k: int, exclude: Sequence[int] = (), **kwargs
 
 def layer_regions(build: Generations, harmful: np.ndarray, layer: int, percentile: float, *, min_members: int = 5,
                   seed: int = 0, null_kind: str = "mean", null_max_rate: float = 0.2,
-                  null_max_cos: float = 0.3) -> dict:
-    """One layer's refusal regions, from the build prompts alone (notebook 04's per-layer step).
+                  null_max_cos: float = 0.3, refused: np.ndarray | None = None) -> dict:
+    """One layer's regions on a final-position dictionary (notebook 04's earlier protocol; the robustness study).
+
+    ``refused`` [N] overrides ``build.refused`` (e.g. labels made with another phrase list).
 
     Calibrates and builds a dictionary on the recorded final-position activations at ``layer``, scores
     its regions (:func:`region_table`), takes the top 3 and 3 null regions (:func:`null_regions`: about
@@ -289,7 +291,8 @@ def layer_regions(build: Generations, harmful: np.ndarray, layer: int, percentil
     harmful = np.asarray(harmful, dtype=bool)
     acts = build.final_acts[layer]
     dictionary = build_dictionary([build.batch(layer)], calibrate(acts, percentile, seed=seed), progress=False)
-    table = region_table(dictionary.assign(acts)[0], build.refused, harmful, len(dictionary), min_members)
+    refused = build.refused if refused is None else np.asarray(refused, dtype=bool)
+    table = region_table(dictionary.assign(acts)[0], refused, harmful, len(dictionary), min_members)
     top3 = top_regions(table, 3)
     dim = diff_in_means(acts[harmful], acts[~harmful])
     exemplars, means = dictionary.exemplars, dictionary.mean_directions
