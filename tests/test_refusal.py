@@ -34,6 +34,11 @@ def test_is_refusal_reads_only_the_first_300_characters():
     assert not R.is_refusal("I won't", substrings=R.ARDITI_SUBSTRINGS)
 
 
+def test_is_degenerate():
+    assert R.is_degenerate("\n\n\n\n") and R.is_degenerate("  1. ") and R.is_degenerate("")
+    assert not R.is_degenerate("\n  1. Open") and not R.is_degenerate("I'm sorry")
+
+
 def test_refusal_labels_and_custom_list():
     assert R.refusal_labels(["I cannot", "ok", "no way"]).tolist() == [True, False, False]
     assert R.refusal_labels(["no way"], substrings=("No way",)).tolist() == [True]
