@@ -124,3 +124,34 @@ def test_pair_html_marks_shared_tokens():
     assert "● [1:1]" in card and "[0:1]" in card and "[1:2]" not in card  # n = 2 per side
     card = C.pair_html(FakeContexts(), doc, pos, 3, np.array([0]), -1, np.array([-1]), 0.0)
     assert "feature none" in card and "fires on no held-out token" in card
+
+
+def test_paper_match_follows_the_official_rules():
+    # 60 rows; units are one-hot "which rows fire" scorers (score = indicator), so top sets are known
+    n_rows = 60
+    def scorer(sets):
+        m = torch.zeros(len(sets), n_rows)
+        for u, rows in enumerate(sets):
+            m[u, rows] = 1.0 + torch.arange(len(rows), dtype=torch.float32) / 100
+        return lambda x: m[:, x[:, 0].long()].T
+    acts = torch.arange(n_rows, dtype=torch.float32)[:, None]
+    regions = [list(range(0, 30)), list(range(30, 55)), list(range(0, 10))]   # region 2: < 20 positives
+    features = [list(range(0, 24)), list(range(10, 40)), list(range(40, 50))]  # feature 2: < 20 positives
+    out = C.paper_match(scorer(regions), scorer(features), acts, n=100, min_active=20, threshold=0.5)
+    assert out["eligible_regions"] == 2 and out["eligible_features"] == 2
+    # region 0 (30 rows): overlap 24 with f0, 20 with f1 -> f0 by overlap; F1 = 48 / 54
+    # region 1 (25 rows): overlap 10 with f1 (f2 is ineligible) -> F1 = 20 / 55
+    np.testing.assert_array_equal(out["best_feature"], [0, 1, -1])
+    np.testing.assert_allclose(out["best_f1"], [48 / 54, 20 / 55, 0])
+    assert out["regions_with_overlap"] == 2 and out["matched_fraction"] == 0.5
+
+
+def test_paper_match_drops_regions_without_overlap_and_ep_scorer_bases():
+    acts = torch.tensor([[1.0, 0], [2, 0], [0, 1], [0, 3]])
+    a = C.paper_match(lambda x: x[:, :1], lambda x: x[:, 1:], acts, n=2, min_active=1)
+    assert a["regions_with_overlap"] == 0 and a["matched_fraction"] == 0.0
+    d = type("D", (), {"centre": torch.zeros(2), "exemplars": torch.eye(2), "mean_directions": torch.eye(2)[[1, 0]]})
+    torch.testing.assert_close(C.ep_scorer(d, "mean")(acts), acts[:, [1, 0]])
+    torch.testing.assert_close(C.ep_scorer(d)(acts), acts)
+    with pytest.raises(ValueError, match="basis"):
+        C.ep_scorer(d, "median")

@@ -89,3 +89,72 @@ def test_text_activations_on_the_model(gemma):
     t = P.text_activations(model, texts, layer=3)
     assert t.n_texts == 2 and set(t.batch.doc.tolist()) == {0, 1}
     assert t.pooled("mean").shape == (2, 640)
+
+
+# -----------------------------------------------------------------------------
+# the paper's protocol
+
+
+class _Dict:
+    def __init__(self, centre, exemplars, mean_directions):
+        self.centre, self.exemplars, self.mean_directions = centre, exemplars, mean_directions
+
+    def assign(self, acts, batch_size=4096):
+        u = torch.nn.functional.normalize(torch.as_tensor(acts).float() - self.centre, dim=1)
+        return (u @ self.exemplars.T).argmax(1).numpy(), None
+
+
+def test_nearest_region_uses_the_chosen_basis():
+    centre = torch.tensor([10.0, 10.0])
+    d = _Dict(centre, torch.tensor([[1.0, 0], [0, 1]]), torch.tensor([[0.0, 1], [1, 0]]))  # bases swapped
+    acts = centre + torch.tensor([[3.0, 1], [1, 3], [-1, 5]])
+    np.testing.assert_array_equal(P.nearest_region(d, acts, "exemplar"), [0, 1, 1])
+    np.testing.assert_array_equal(P.nearest_region(d, acts, "mean", batch_size=2), [1, 0, 0])
+    with pytest.raises(ValueError, match="basis"):
+        P.nearest_region(d, acts, "median")
+
+
+def test_histogram_is_the_mean_one_hot_of_tokens():
+    t = _text_acts()
+    h = t.bag(np.array([0, 1, 1, 1, 0, 2]), 3).toarray()
+    np.testing.assert_allclose(h, [[0.5, 0.5, 0], [1 / 3, 2 / 3, 0], [0, 0, 1]])
+    np.testing.assert_allclose(h.sum(1), 1)
+
+
+def test_split_is_fixed_stratified_and_disjoint():
+    y = np.r_[np.zeros(40, int), np.ones(20, int)]
+    train, test = P.split(y, 0.25, seed=3)
+    assert len(np.intersect1d(train, test)) == 0 and len(train) + len(test) == 60
+    assert (y[test] == 0).sum() == 10 and (y[test] == 1).sum() == 5
+    np.testing.assert_array_equal(test, P.split(y, 0.25, seed=3)[1])
+
+
+def test_one_vs_rest_is_balanced_and_labelled():
+    y = np.r_[np.zeros(10, int), np.ones(30, int), np.full(5, 2)]
+    tasks = P.one_vs_rest(y, ["a", "b", "c"], seed=0)
+    assert list(tasks) == ["a", "b", "c"]
+    for c, (idx, lab) in zip(range(3), tasks.values()):
+        assert len(set(idx.tolist())) == len(idx) and lab.sum() == len(lab) // 2
+        assert (y[idx[lab == 1]] == c).all() and (y[idx[lab == 0]] != c).all()
+    assert len(tasks["b"][0]) == 30  # 15 of 'b' vs 15 of the other 15
+    assert list(P.one_vs_rest(y[y < 2], ["a", "b"])) == ["b"]
+
+
+def test_top_by_mean_difference():
+    x = np.array([[1.0, 0, 5], [1, 0, 0], [0, 1, 5], [0, 1, 0.5]])
+    y = np.array([1, 1, 0, 0])
+    np.testing.assert_array_equal(P.top_by_mean_difference(x, y, 2), [0, 1])
+
+
+def test_binary_probes_separate_an_informative_feature_from_noise():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(100, int), np.ones(100, int)]
+    raw = rng.normal(size=(200, 5)) + 2 * y[:, None]
+    informative = np.c_[y, rng.random((200, 9))]  # column 0 is the label
+    noise = rng.random((200, 10))
+    train, test = P.split(y, 0.25)
+    out = P.binary_probes(raw, {"good": informative, "noise": noise}, y, train, test, top_k=(1,))
+    assert out["raw"] > 0.9 and out["good"] == 1.0 and out["good top-1"] == 1.0
+    assert out["noise"] < 0.75 and abs(out["majority"] - 0.5) < 0.01 and out["test texts"] == len(test)
+    with pytest.raises(ValueError, match="labels 0 and 1"):
+        P.binary_probes(raw, {}, y * 2, train, test)

@@ -7,11 +7,20 @@ a held-out token set:
 - an SAE feature scores x by its activation; only tokens where it fires (> 0) count, so a rarely
   firing feature has a shorter list (and a dead one an empty list).
 For a region set A and a feature set B, precision |A∩B|/|B| and recall |A∩B|/|A| give
-F1 = 2|A∩B| / (|A| + |B|), which is the Dice coefficient of the two sets. Two readings:
+F1 = 2|A∩B| / (|A| + |B|): for two sets the F1 score of one against the other *is* their Dice
+coefficient (the same number; the paper says F1 for the best match, Dice for the one-to-one view). Two readings:
 - **best match**: each region's best feature by F1 (many regions may pick the same feature); the
   fraction of regions with F1 > 0.5 is the "shared core";
 - **one-to-one**: the Hungarian assignment (scipy) maximising total Dice, each feature used once.
 Sets are sparse (n of N tokens), so all K x F intersections come from one sparse product.
+
+**The paper's protocol** (official ``scripts/compare_sae.py``; :func:`paper_match`): both sides rank
+tokens among their *positive* scores only (EP: the signed projection on the region's mean-member
+direction by default); a unit is eligible with >= 20 positive tokens; an EP region's best SAE feature
+is the eligible one with the largest *overlap* |A∩B| (not the largest F1); F1 = 2|A∩B| / (|A| + |B|)
+of that pair; regions whose best overlap is zero leave the denominator; the headline is the fraction
+of the remaining regions with F1 > 0.5. :func:`set_f1` / :func:`match_summary` are this module's own
+reading (every region counted, best by F1, a Hungarian one-to-one view), kept as a comparison.
 
 Compute: EP's build cost is its comparisons, 2·d FLOPs per (token, existing exemplar) pair, which the
 dictionary lets us count exactly (each exemplar's stream index says how many tokens it was compared
@@ -29,10 +38,14 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 
-def ep_scorer(dictionary) -> Callable[[torch.Tensor], torch.Tensor]:
-    """acts [n, d] → signed projections (x - c)·e [n, K] for every region of an EP dictionary."""
-    centre, exemplars = dictionary.centre.float(), dictionary.exemplars.float()  # [d], [K, d]
-    return lambda x: (x.float() - centre) @ exemplars.T
+def ep_scorer(dictionary, basis: str = "exemplar") -> Callable[[torch.Tensor], torch.Tensor]:
+    """acts [n, d] → signed projections (x - c)·e [n, K] for every region of an EP dictionary, e the unit
+    exemplar ("exemplar") or the unit mean-member direction ("mean", the official comparison's default)."""
+    if basis not in ("exemplar", "mean"):
+        raise ValueError(f"basis must be 'exemplar' or 'mean', got {basis!r}")
+    centre = dictionary.centre.float()  # [d]
+    directions = (dictionary.exemplars if basis == "exemplar" else dictionary.mean_directions).float()  # [K, d]
+    return lambda x: (x.float() - centre) @ directions.T
 
 
 def direction_only(score: Callable[[torch.Tensor], torch.Tensor], centre) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -68,6 +81,51 @@ def top_tokens(score: Callable[[torch.Tensor], torch.Tensor], acts, n: int = 100
     out = np.full((best_idx.shape[1], n), -1, dtype=np.int64)
     out[:, :best_idx.shape[0]] = best_idx.T.numpy()
     return out
+
+
+def positive_counts(score: Callable[[torch.Tensor], torch.Tensor], acts, batch_size: int = 1024) -> np.ndarray:
+    """[F] int64: how many rows of acts each unit of ``score`` scores above 0 (its eligibility)."""
+    x = torch.as_tensor(acts)
+    counts = None
+    for s in range(0, x.shape[0], batch_size):
+        c = (score(x[s:s + batch_size]) > 0).sum(0)
+        counts = c if counts is None else counts + c
+    return counts.numpy().astype(np.int64)
+
+
+def paper_match(ep_score: Callable, sae_score: Callable, acts, n: int = 100, min_active: int = 20,
+                threshold: float = 0.5, batch_size: int = 1024) -> dict:
+    """The official EP→SAE comparison (``scripts/compare_sae.py``) on the rows of acts [N, d].
+
+    Top-n rows per unit among positive scores only; units with fewer than ``min_active`` positive rows
+    are ineligible; each eligible region's best eligible feature by overlap (ties: the lower feature id);
+    F1 = 2·overlap / (|A| + |B|); regions with zero best overlap are dropped. Returns the headline
+    ``matched_fraction`` (F1 > threshold among matched regions), the counts, and per-region arrays
+    ``best_feature`` / ``best_f1`` ([K]; -1 / 0 where a region is ineligible or overlaps nothing).
+    """
+    region_sets = top_tokens(ep_score, acts, n, batch_size, positive_only=True)
+    feature_sets = top_tokens(sae_score, acts, n, batch_size, positive_only=True)
+    region_ok = positive_counts(ep_score, acts, batch_size) >= min_active
+    feature_ok = positive_counts(sae_score, acts, batch_size) >= min_active
+    n_rows = int(max(region_sets.max(initial=-1), feature_sets.max(initial=-1))) + 1
+    a, b = _indicator(region_sets, n_rows), _indicator(feature_sets, n_rows)
+    overlap = (a @ b.T).toarray()  # [K, F] |A∩B|
+    overlap[~region_ok] = 0
+    overlap[:, ~feature_ok] = 0
+    best_feature = overlap.argmax(1)
+    best_overlap = overlap[np.arange(len(overlap)), best_feature]
+    size_a, size_b = (region_sets >= 0).sum(1), (feature_sets >= 0).sum(1)
+    f1 = np.where(best_overlap > 0, 2.0 * best_overlap / np.maximum(size_a + size_b[best_feature], 1), 0.0)
+    matched = best_overlap > 0
+    best_feature = np.where(matched, best_feature, -1)
+    return {"regions": len(region_sets), "features": len(feature_sets),
+            "eligible_regions": int(region_ok.sum()), "eligible_features": int(feature_ok.sum()),
+            "regions_with_overlap": int(matched.sum()),
+            "matched_fraction": float((f1[matched] > threshold).mean()) if matched.any() else 0.0,
+            "median_f1": float(np.median(f1[matched])) if matched.any() else 0.0,
+            "features_used": int(len(np.unique(best_feature[matched & (f1 > threshold)]))),
+            "threshold": threshold, "top_n": n, "min_active": min_active,
+            "best_feature": best_feature, "best_f1": f1, "region_sets": region_sets, "feature_sets": feature_sets}
 
 
 def _indicator(sets: np.ndarray, n_rows: int) -> sp.csr_matrix:

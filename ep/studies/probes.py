@@ -1,14 +1,25 @@
 """Linear probes at l0 = 1: how much of a task survives when a text is reduced to dictionary units?
 
+**The paper's protocol** (SAEBench ``sparse_probing`` as the official ``ep/saebench_adapter.py`` runs it,
+binary readout): every token (BOS and padding excluded) gets a single 1 at its nearest region, the argmax
+centred cosine against a basis (the regions' mean-member directions, or their exemplars), and a text's
+feature vector is the mean over its tokens, a K-dim **histogram** of regions (:func:`nearest_region`,
+:meth:`TextActivations.bag`). Tasks are balanced one-vs-rest binary tasks (:func:`one_vs_rest`) on one
+fixed train/test split (:func:`split`); :func:`binary_probes` scores the raw mean-pooled vectors, the full
+histogram and its top-k features by |mean difference| on the training texts. Regularisation is chosen by
+cross-validation on the training texts only (SAEBench picks its epoch on the test set; we do not).
+
+**A control** (what this module did first, a different question):
+
 A probe is a logistic regression (scikit-learn), scored by stratified cross-validation so that every
 text is predicted by a probe that never saw it. Featurisations of the same texts:
 - **raw**: one vector per text (the mean over its tokens, or its final token), standardised: the ceiling;
 - **EP one-hot**: the id of that vector's nearest EP region (``Dictionary.assign``), one-hot over K;
 - **SAE top-1**: the id of that vector's most active SAE feature, one-hot over F.
-These two carry one active unit per text (l0 = 1), so the probe can only learn a label per unit: a
-text whose unit never occurred in training falls back to the intercept. A second reading keeps l0 = 1
-per *token*: each token's region (or top feature), averaged over the text (:meth:`TextActivations.bag`).
-EP's *retention* is accuracy(EP) / accuracy(raw).
+These two carry one active unit per *text* (l0 = 1 for a summary of the text, not for its tokens), so
+the probe can only learn a label per unit: a text whose unit never occurred in training falls back to
+the intercept. It asks whether one region can name a whole text; the paper asks how much a text's
+spread over regions keeps. EP's *retention* is accuracy(EP) / accuracy(raw).
 
 Tasks come from the data loaders (``ProbeTask``: texts, integer labels, class names): harmful vs
 harmless instructions, code vs prose, language identity, and AxBench concept vs not (one task per
@@ -24,10 +35,11 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import GridSearchCV, StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from .. import data
+from ..method.calibration import to_directions
 from ..model.activations import ActivationBatch, token_activations
 
 
@@ -55,9 +67,10 @@ def _from_groups(name: str, groups: dict[str, list[str]]) -> ProbeTask:
     return ProbeTask(name, texts, np.array(labels), list(groups))
 
 
-def _sample(items: list[str], n: int, seed: int) -> list[str]:
+def _sample(items: list[str], n: int | None, seed: int) -> list[str]:
+    """n of the non-blank items at random (all of them, shuffled, when n is None)."""
     items = [t for t in items if t.strip()]
-    return random.Random(seed).sample(items, min(n, len(items)))
+    return random.Random(seed).sample(items, len(items) if n is None else min(n, len(items)))
 
 
 # -----------------------------------------------------------------------------
@@ -213,3 +226,94 @@ def compare(vectors, labels: np.ndarray, features: dict[str, sp.spmatrix], folds
             seen[name] += int((f[test] @ used > 0).sum())
     out = {name: c / len(y) for name, c in correct.items()}
     return {**out, **{f"{name}_seen": s / len(y) for name, s in seen.items()}, "n": len(y), "folds": folds}
+
+
+# -----------------------------------------------------------------------------
+# the paper's protocol: token histograms, one-vs-rest binary tasks, one fixed split
+
+def nearest_region(dictionary, acts, basis: str = "mean", batch_size: int = 4096) -> np.ndarray:
+    """acts [N, d] raw → [N] int64: each row's region by the largest centred cosine with the basis,
+    "mean" (mean-member directions, the official default) or "exemplar" (= ``Dictionary.assign``)."""
+    if basis == "exemplar":
+        return dictionary.assign(acts, batch_size)[0]
+    if basis != "mean":
+        raise ValueError(f"basis must be 'mean' or 'exemplar', got {basis!r}")
+    x = torch.as_tensor(acts)
+    directions = dictionary.mean_directions.float()  # [K, d] unit
+    out = np.empty(x.shape[0], np.int64)
+    for s in range(0, x.shape[0], batch_size):
+        out[s:s + batch_size] = (to_directions(x[s:s + batch_size], dictionary.centre) @ directions.T).argmax(1).numpy()
+    return out
+
+
+def split(labels: np.ndarray, test_fraction: float = 0.25, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """One fixed stratified train/test split of texts → (train indices, test indices), sorted."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    test = []
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        test.append(members[: max(1, round(test_fraction * len(members)))])
+    test = np.sort(np.concatenate(test))
+    return np.setdiff1d(np.arange(len(labels)), test), test
+
+
+def one_vs_rest(labels: np.ndarray, classes: list[str], seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Balanced binary tasks from a multi-class labelling: for each class, all its texts (label 1) and as
+    many texts drawn from the other classes (label 0) → {class: (text indices, binary labels)}.
+    With two classes there is one task (the second class vs the first)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = classes[1:] if len(classes) == 2 else classes
+    tasks = {}
+    for name in chosen:
+        c = classes.index(name)
+        pos, rest = np.flatnonzero(labels == c), np.flatnonzero(labels != c)
+        n = min(len(pos), len(rest))
+        pos, neg = rng.choice(pos, n, replace=False), rng.choice(rest, n, replace=False)
+        idx = np.concatenate([pos, neg])
+        tasks[name] = (idx, np.r_[np.ones(n, np.int64), np.zeros(n, np.int64)])
+    return tasks
+
+
+def top_by_mean_difference(x: sp.spmatrix | np.ndarray, y: np.ndarray, k: int) -> np.ndarray:
+    """The k columns of x [n, F] with the largest |mean(class 1) − mean(class 0)| (SAEBench's selection)."""
+    x = sp.csr_matrix(x)
+    diff = np.asarray(x[y == 1].mean(0) - x[y == 0].mean(0)).ravel()
+    return np.argsort(-np.abs(diff), kind="stable")[:k]
+
+
+def _probe_accuracy(x_train, y_train, x_test, y_test, Cs, folds: int, seed: int, standardise: bool) -> float:
+    """Logistic regression with C chosen by stratified CV on the training texts only; test accuracy."""
+    if standardise:
+        scaler = StandardScaler(with_mean=not sp.issparse(x_train)).fit(x_train)
+        x_train, x_test = scaler.transform(x_train), scaler.transform(x_test)
+    folds = max(2, min(folds, int(np.bincount(y_train).min())))
+    cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    probe = GridSearchCV(LogisticRegression(max_iter=5000), {"C": list(Cs)}, cv=cv, scoring="accuracy")
+    probe.fit(x_train, y_train)
+    return float((probe.predict(x_test) == y_test).mean())
+
+
+def binary_probes(raw: np.ndarray, features: dict[str, sp.spmatrix], labels: np.ndarray, train: np.ndarray,
+                  test: np.ndarray, top_k: tuple[int, ...] = (1, 2, 5), Cs=(0.01, 0.1, 1.0, 10.0, 100.0),
+                  folds: int = 5, seed: int = 0) -> dict[str, float]:
+    """Test accuracy of binary probes on one fixed split: "raw" (mean-pooled activations [n, d],
+    standardised), each featurisation [n, F] with all its features (standardised without centring), and
+    "<name> top-k": only the k features with the largest |mean difference| on the training texts.
+    Also "majority" (the training set's most frequent class) and the test size."""
+    y = np.asarray(labels)
+    if set(np.unique(y)) != {0, 1}:
+        raise ValueError("binary_probes needs labels 0 and 1")
+    out = {"texts": len(y), "test texts": len(test),
+           "majority": float((y[test] == np.bincount(y[train]).argmax()).mean())}
+    x = np.asarray(raw, dtype=np.float64)
+    out["raw"] = _probe_accuracy(x[train], y[train], x[test], y[test], Cs, folds, seed, True)
+    for name, f in features.items():
+        f = sp.csr_matrix(f, dtype=np.float64)
+        out[name] = _probe_accuracy(f[train], y[train], f[test], y[test], Cs, folds, seed, True)
+        for k in top_k:
+            cols = top_by_mean_difference(f[train], y[train], k)
+            out[f"{name} top-{k}"] = _probe_accuracy(f[train][:, cols], y[train], f[test][:, cols], y[test], Cs,
+                                                     folds, seed, True)
+    return out
