@@ -150,7 +150,7 @@ def _generate_batch(model, prompts: list[str], max_new_tokens: int, edit: Edit |
         warnings.warn("pad = eos: a padded prompt may be read as finished; give the tokenizer its own pad token",
                       stacklevel=3)
     enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    device = model._module.device
+    device = model.device
     inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
     blocks = decoder_layers(model)
     edit_layers = set(edit.layers) if edit is not None else set()
