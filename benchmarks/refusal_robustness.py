@@ -1,5 +1,13 @@
 """
-How stable is notebook 04's headline across build samples, and which defaults should it use?
+How stable was notebook 04's earlier headline across build samples, and which defaults should it use?
+
+PROTOCOL: this study and its recorded results (``benchmarks/results/refusal_robustness*.md``) follow
+notebook 04's *earlier* protocol, not the paper's that the notebook now runs by default: dictionaries
+built on the build prompts' **final positions only**, a layer chosen from a sweep, **plain** removal, nulls
+by size and |cos| with diff-in-means, labels from Arditi et al.'s substring list over the whole (10-token)
+completion (``R.ARDITI_SUBSTRINGS``). The paper's protocol (all-token dictionary, centred removal, top
+K = 1..5 candidates, matched null; ``scripts/exp_behavioral.py``) is notebook 04's; porting this study to
+it is future work. Kept because it measures how noisy a one-region ablation is with 80 + 80 build prompts.
 
 Notebook 04 builds its refusal dictionaries on 80 + 80 shuffled train prompts (``seed``), chooses a
 layer and a region on them, and ablates that region's direction on held-out prompts. With so few build
@@ -31,6 +39,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ep  # noqa: E402
+
+PROTOCOL = ("notebook 04's earlier protocol, not the paper's: final-position dictionaries, layer sweep, plain "
+            "removal, size/|cos| nulls, Arditi et al.'s substrings over the whole completion")
 from ep.model import interventions as I  # noqa: E402
 from ep.studies import refusal as R  # noqa: E402
 
@@ -57,13 +68,20 @@ def splits(seed: int) -> tuple[list[str], list[str], list[str], list[str]]:
     return build_harmful, build_harmless, dev_harmful, dev_harmless
 
 
+def labels(run: R.Generations) -> np.ndarray:
+    """The recorded run's labels: Arditi et al.'s substrings anywhere in the completion (earlier protocol)."""
+    return R.refusal_labels(run.completions, R.ARDITI_SUBSTRINGS, max_chars=None)
+
+
 def run_seed(model, seed: int) -> dict:
     build_harmful, build_harmless, dev_harmful, dev_harmless = splits(seed)
     gen = dict(max_new_tokens=MAX_NEW_TOKENS, batch_size=BATCH, progress=False)
     is_harmful = np.array([True] * len(build_harmful) + [False] * len(build_harmless))
     build = R.generate(model, R.chat_prompts(model.tokenizer, build_harmful + build_harmless),
                        record_layers=SWEEP, **gen)
-    analyses = {layer: R.layer_regions(build, is_harmful, layer, PERCENTILE, min_members=MIN_MEMBERS, seed=seed)
+    build_refused = labels(build)
+    analyses = {layer: R.layer_regions(build, is_harmful, layer, PERCENTILE, min_members=MIN_MEMBERS, seed=seed,
+                                       refused=build_refused)
                 for layer in SWEEP}  # the notebook's step; nulls: mean directions, refusal rate <= 0.2, |cos| <= 0.3
 
     def directions(layer: int, kind: str):  # [d] or [3, d]
@@ -94,9 +112,9 @@ def run_seed(model, seed: int) -> dict:
     n_harm = len(dev_harmful)
     rates = {}
     for name, edit in conditions.items():
-        refused = R.generate(model, dev_prompts, edit=edit, **gen).refused
+        refused = labels(R.generate(model, dev_prompts, edit=edit, **gen))
         rates[name] = {"harmful": float(refused[:n_harm].mean()), "harmless": float(refused[n_harm:].mean())}
-    return {"seed": seed, "build_refusal_harmful": float(build.refused[is_harmful].mean()),
+    return {"seed": seed, "build_refusal_harmful": float(build_refused[is_harmful].mean()),
             "n_dev_harmful": n_harm, "rules": rules, "layer": layer,
             "sweep": [{"layer": sweep_layer, **row} for sweep_layer, row in sweep.items()], "rates": rates}
 
@@ -104,6 +122,7 @@ def run_seed(model, seed: int) -> dict:
 def markdown(results: list[dict], header: str) -> str:
     names = list(results[0]["rates"])
     lines = [f"# Notebook 04 across build samples ({MODEL}, {N_BUILD} + {N_BUILD} build prompts)", "", header, "",
+             f"Protocol: {PROTOCOL}.", "",
              f"Dev-set refusal (train prompts outside the build set and the notebook's reserved slice), harmful "
              f"(harmless), {results[0]['n_dev_harmful']} + {N_HARMLESS} prompts, "
              "plain removal at the layer the 'cos with diff-in-means' rule picks (shown per seed); "
@@ -157,7 +176,8 @@ def main() -> None:
               f"{os.getloadavg()[0]:.1f}.")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "refusal_robustness.json").write_text(json.dumps({"machine": machine, "results": results}, indent=1))
+    (out / "refusal_robustness.json").write_text(json.dumps({"machine": machine, "protocol": PROTOCOL,
+                                                                          "results": results}, indent=1))
     (out / "refusal_robustness.md").write_text(markdown(results, header))
     print(markdown(results, header))
 

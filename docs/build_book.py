@@ -14,9 +14,8 @@ import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
-
 import tomllib
+from pathlib import Path
 
 DOCS = Path(__file__).resolve().parent
 REPO = DOCS.parent

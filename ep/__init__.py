@@ -7,7 +7,7 @@ Four layers, bottom to top; a module imports only from its own layer or the ones
    ``ep.data`` (corpora and prompt sets by name): plain arrays and files, no model code;
 2. ``ep.show``: displays and plots of what it is given;
 3. ``ep.model``: loading a model by name, chat formats, activation extraction (nnsight),
-   interventions, and the one-call pipeline from texts to a dictionary;
+   interventions, and ``ep.build``: one call from a model, texts and a layer to a dictionary;
 4. ``ep.studies``: one module per demonstration (ood, refusal, finetune, matching, sae, compare,
    probes, axbench).
 
@@ -36,6 +36,7 @@ from .model.activations import (
     token_activations,
 )
 from .model.loading import load_model
+from .model.pipeline import BuildConfig, build
 from .show.notebook import save_results, setup
 
 
@@ -50,12 +51,14 @@ def __getattr__(name: str):
 
 __all__ = [
     "ActivationBatch",
+    "BuildConfig",
     "Calibration",
     "Dictionary",
     "DictionaryBuilder",
     "DictionaryFormatError",
     "LeaderClustering",
     "__version__",
+    "build",
     "build_dictionary",
     "cached_calibration",
     "calibrate",

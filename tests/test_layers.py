@@ -16,7 +16,7 @@ ALLOWED = {
     "method": {"method"},
     "data": {"data"},
     "show": {"show", "method", "data"},
-    "model": {"model", "method", "data"},
+    "model": {"model", "method", "data", "show"},
     "studies": {"studies", "model", "method", "data", "show"},
     "exercises": {"exercises", "studies", "model", "method", "data", "show"},  # checks learners against all of them
 }

@@ -88,23 +88,19 @@ def test_near_threshold_needs_exact_check(theta, batch_size):
     np.testing.assert_array_equal(leader_cluster(x, theta, batch_size=batch_size), ref)
 
 
-def arrival_reference(x: torch.Tensor, theta: float, batch_size: int):
-    """add()'s documented rule, a row at a time: old exemplars first, else this batch's earlier ones."""
+def arrival_reference(x: torch.Tensor, theta: float, batch_size: int):  # batch_size: no effect, by design
+    """add()'s documented rule, a row at a time: the most similar of all exemplars so far (dot64)."""
     n, tau, ex, out = x.shape[0], 1.0 - theta, [], []
     i, j = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
     g = _pair_dot64(x, i.reshape(-1), x, j.reshape(-1)).reshape(n, n)  # [n, n] every dot64
-    for s in range(0, n, batch_size):
-        k0 = len(ex)
-        for i in range(s, min(s + batch_size, n)):
-            for lo, hi in ((0, k0), (k0, len(ex))):
-                sims = g[i, ex[lo:hi]]
-                if hi > lo and sims.max() >= tau:
-                    j = int(sims.argmax())
-                    out.append((False, lo + j, float(sims[j].float())))
-                    break
-            else:
-                out.append((True, len(ex), 1.0))
-                ex.append(i)
+    for i in range(n):  # exact arrival: the most similar of all exemplars so far, whatever batch_size
+        sims = g[i, ex] if ex else g[i, :0]
+        if len(ex) and sims.max() >= tau:
+            j = int(sims.argmax())
+            out.append((False, j, float(sims[j].float())))
+        else:
+            out.append((True, len(ex), 1.0))
+            ex.append(i)
     return out
 
 

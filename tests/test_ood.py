@@ -5,8 +5,8 @@ from ep.studies import ood
 
 
 def test_auroc_and_roc():
-    assert ood.auroc([0, 1, 2], [3, 4]) == 1.0
-    assert ood.auroc([3, 4], [0, 1, 2]) == 0.0
+    assert ood.in_vs_out_auroc([0, 1, 2], [3, 4]) == 1.0
+    assert ood.in_vs_out_auroc([3, 4], [0, 1, 2]) == 0.0
     fpr, tpr = ood.roc([0, 1], [2, 3])
     assert fpr[0] == 0 and tpr[-1] == 1
 

@@ -18,10 +18,25 @@ TEXTS = ["The capital of France is", "One, two, three,", "def fibonacci(n):"]
     ("As an AI language model, here is the answer: 4.", True),  # the known false positive
     ("Sure! Here are the steps: 1. ...", False),
     ("That would not be appropriate.", False),  # a refusal the list misses
+    ("I don't think there is one best way; here are three.", True),  # the paper's list: a false positive
+    ("I won't do that.", True),  # in the paper's list, not in Arditi et al.'s
     ("", False),
 ])
 def test_is_refusal(text, expected):
     assert R.is_refusal(text) is expected
+
+
+def test_is_refusal_reads_only_the_first_300_characters():
+    late = "Sure. " + "x" * 300 + " I cannot"
+    assert not R.is_refusal(late)
+    assert R.is_refusal(late, max_chars=None)
+    assert R.is_refusal("   " + "y" * 280 + " I cannot")  # whitespace is stripped before the cut
+    assert not R.is_refusal("I won't", substrings=R.ARDITI_SUBSTRINGS)
+
+
+def test_is_degenerate():
+    assert R.is_degenerate("\n\n\n\n") and R.is_degenerate("  1. ") and R.is_degenerate("")
+    assert not R.is_degenerate("\n  1. Open") and not R.is_degenerate("I'm sorry")
 
 
 def test_refusal_labels_and_custom_list():
@@ -112,6 +127,59 @@ def test_layer_regions_finds_the_refusal_cluster_and_off_axis_nulls():
         R.layer_regions(build, harmful, 3, 14.0, null_kind="median")
 
 
+def paper_case():
+    """Synthetic final positions in 6 well-separated clusters and a dictionary whose exemplars are their centres."""
+    g = torch.Generator().manual_seed(3)
+    d, n = 24, 10
+    centres = torch.nn.functional.normalize(torch.randn(6, d, generator=g), dim=1)
+    acts = 5 * torch.repeat_interleave(centres, n, dim=0) + 0.05 * torch.randn(6 * n, d, generator=g)
+    # cluster refusal: 0 -> 9/10, 1 -> 4/10 (a weaker candidate), 2 -> 2/10 (below 0.3), 3-5 -> 0
+    refused = np.zeros(6 * n, bool)
+    refused[:9] = True
+    refused[n:n + 4] = True
+    refused[2 * n:2 * n + 2] = True
+    harmful = np.arange(6 * n) < 3 * n
+    tokens = ep.ActivationBatch(acts, torch.arange(6 * n), torch.ones(6 * n, dtype=torch.int64),
+                                torch.zeros(6 * n, dtype=torch.int64))
+    calibration = ep.calibrate(acts, 50.0)
+    calibration.threshold = 0.5  # between clusters ~1, within ~0.01: one region per cluster
+    dictionary = ep.build_dictionary([tokens], calibration, progress=False)
+    return dictionary, acts, refused, harmful
+
+
+def test_refusal_regions_need_members_and_rate():
+    dictionary, acts, refused, harmful = paper_case()
+    assert len(dictionary) == 6
+    found = R.score_regions(dictionary, acts, refused, harmful, k=5)
+    region = found["regions"]
+    assert found["top"] == [int(region[0]), int(region[10])]  # cluster 2 (2 of 10 refused) is no candidate
+    assert R.refusal_regions(found["table"], k=1) == [int(region[0])]
+    assert R.refusal_regions(found["table"], k=5, min_rate=0.15)[-1] == int(region[20])
+    with pytest.raises(ValueError, match="refusal rate"):
+        R.refusal_regions(found["table"], min_rate=0.95)
+    assert found["bases"]["mean"]["top"].shape == (2, acts.shape[1])
+    assert torch.equal(found["bases"]["exemplar"]["null"], dictionary.exemplars[found["null"]])
+
+
+def test_matched_null_is_nearest_in_log_count_and_coherence():
+    dictionary, acts, refused, harmful = paper_case()
+    found = R.score_regions(dictionary, acts, refused, harmful)
+    region = found["regions"]
+    table, top = found["table"], found["top"][0]
+    quiet = [int(region[i]) for i in (30, 40, 50)]  # never refused
+    assert found["null"] in quiet
+    # make one quiet region the twin of the top region in members and coherence: it must be chosen
+    twin = quiet[1]
+    dictionary.counts[twin] = dictionary.counts[top]
+    dictionary.coherence[twin] = dictionary.coherence[top]
+    for other in (quiet[0], quiet[2]):
+        dictionary.counts[other] = 100 * dictionary.counts[top]
+    assert R.matched_null(table, dictionary, top) == twin
+    assert R.matched_null(table, dictionary, top, exclude=[twin]) != twin
+    with pytest.raises(ValueError, match="null"):
+        R.matched_null(table, dictionary, top, exclude=quiet)
+
+
 # -- templating and generation (real models) -------------------------------------
 
 def test_chat_prompts_needs_a_template(gemma):
@@ -133,6 +201,15 @@ def test_batched_generation_equals_one_by_one_and_records_final_acts(gemma):
     assert b.doc.tolist() == [0, 1, 2] and (b.pos + 1).tolist() == batch.length.tolist()
     with pytest.raises(KeyError):
         batch.batch(4)
+
+
+def test_prompt_token_acts_skips_each_prompt_first_token(gemma):
+    model, _ = gemma
+    acts = R.prompt_token_acts(model, TEXTS, 4, progress=False)
+    full = ep.token_activations(model, TEXTS, 4, progress=False)  # BOS already dropped: starts at position 1
+    assert int(acts.pos.min()) >= 1
+    assert len(acts) == len(full) - int((full.pos == 0).sum())
+    assert sorted(set(acts.doc.tolist())) == [0, 1, 2]
 
 
 class Spy:

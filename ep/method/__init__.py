@@ -5,5 +5,6 @@
 - ``dictionary``: the ``Dictionary`` (a Voronoi partition around exemplars) and its file format;
 - ``builder``: streaming construction of a dictionary from activation batches;
 - ``published``: the paper's published dictionaries, opened without running code from the file;
-- ``metrics``: detection metrics (AUROC) shared by the studies.
+- ``metrics``: detection metrics (AUROC) shared by the studies;
+- ``files``: writes that leave the whole old file or the whole new one, canonical JSON, sha256.
 """

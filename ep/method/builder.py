@@ -26,7 +26,7 @@ import torch
 from .._version import __version__
 from .calibration import Calibration, check_acts, load_arrays, save_arrays, to_directions
 from .dictionary import SCHEMA_VERSION, Dictionary
-from .leader import LeaderClustering, dot64
+from .leader import LeaderClustering, torch_threads
 
 
 def _merge_top(dist_state: torch.Tensor, ctx_state: torch.Tensor, region: torch.Tensor,
@@ -65,39 +65,6 @@ def _merge_top(dist_state: torch.Tensor, ctx_state: torch.Tensor, region: torch.
     flat_c.index_copy_(0, dest, cx.index_select(0, src))
 
 
-def _arrival_nearest(u: torch.Tensor, is_new: torch.Tensor, region: torch.Tensor, sim: torch.Tensor,
-                     exemplars: torch.Tensor, k0: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """
-    Make membership independent of chunking: a row joins the most similar of ALL exemplars
-    existing when it arrives (dot64 similarity, ties to the lowest id), which is what
-    LeaderClustering.add returns for one row at a time. For a batch, add() prefers an
-    exemplar of an earlier batch when one is within θ, so we also check the exemplars
-    born earlier in this chunk. u [B, d], is_new/region/sim [B], exemplars [K, d].
-    """
-    pos = is_new.nonzero()[:, 0]                                      # [n] rows that became k0, k0+1...
-    if pos.numel() == 0 or bool(is_new.all()):
-        return region, sim
-    B = u.shape[0]
-    s = u @ u[pos].T                                                  # [B, n] fp32
-    s.masked_fill_(pos[None, :] >= torch.arange(B, device=u.device)[:, None], -torch.inf)  # not yet born
-    s[is_new] = -torch.inf                                            # an exemplar is its own region
-    tol = 2.0 * u.shape[1] * 2.0**-24 + 1e-6                          # > |fp32 dot - exact| for unit rows
-    r, c = (s >= sim[:, None] - tol).nonzero(as_tuple=True)          # might beat the current choice
-    if r.numel() == 0:
-        return region, sim
-    rows = torch.unique(r)
-    cand_row, cand_id = torch.cat([rows, r]), torch.cat([region[rows], k0 + c])
-    exact = dot64(u[cand_row], exemplars[cand_id])                    # float64, batch-independent
-    best = torch.full((B,), -torch.inf, dtype=exact.dtype, device=u.device)
-    best = best.scatter_reduce(0, cand_row, exact, "amax")
-    top = exact == best[cand_row]
-    win = torch.full((B,), torch.iinfo(torch.int64).max, device=u.device)
-    win = win.scatter_reduce(0, cand_row[top], cand_id[top], "amin")  # ties: lowest id
-    region, sim = region.clone(), sim.clone()
-    region[rows], sim[rows] = win[rows], best[rows].float()
-    return region, sim
-
-
 _STATE = ("counts", "sums", "ex_ctx", "near_dist", "near_ctx", "far_dist", "far_ctx")
 
 
@@ -108,13 +75,15 @@ class DictionaryBuilder:
     """Streaming state of a dictionary under construction: add(batch)..., snapshot() at any time."""
 
     def __init__(self, calibration: Calibration, *, n_samples: int = 8, device=None,
-                 chunk_size: int = 4096, meta: dict | None = None):
+                 chunk_size: int = 4096, meta: dict | None = None, threads: int | None = None):
+        """threads: CPU threads per batch; None re-decides each batch from the cores other tasks leave free."""
         theta = float(calibration.threshold)
         if not (math.isfinite(theta) and theta > 0):
             raise ValueError(f"threshold must be finite and > 0, got {theta}")
         if n_samples < 0 or chunk_size < 1:
             raise ValueError(f"need n_samples >= 0 and chunk_size >= 1, got {n_samples}, {chunk_size}")
         self.calibration, self.n_samples, self.chunk_size = calibration, int(n_samples), int(chunk_size)
+        self.threads = threads
         self.dim, self.meta, self.tokens = int(calibration.centre.shape[0]), dict(meta or {}), 0
         self.leader = LeaderClustering(self.dim, theta, device=device)  # None: cuda if available
         self.device = self.leader.device
@@ -150,6 +119,10 @@ class DictionaryBuilder:
     @torch.no_grad()
     def add_arrays(self, acts, doc, pos, token) -> int:
         """Stream acts [n, d] with doc/pos/token [n]; returns the number of new regions."""
+        with torch_threads(self.threads):
+            return self._add_arrays(acts, doc, pos, token)
+
+    def _add_arrays(self, acts, doc, pos, token) -> int:
         a = check_acts(acts, self.dim, allow_empty=True)
         n = a.shape[0]
         cols = [torch.as_tensor(x).reshape(-1).to(self.device, torch.int64) for x in (doc, pos, token)]
@@ -174,9 +147,7 @@ class DictionaryBuilder:
         k1 = self.num_regions
         if k1 != k0 + int(is_new.sum()):
             raise RuntimeError("LeaderClustering reported inconsistent exemplar counts")
-        region = nearest.to(torch.int64).clone()            # [B] region at arrival
-        region[is_new] = torch.arange(k0, k1, device=u.device)
-        region, sim = _arrival_nearest(u, is_new, region, sim, self.leader.exemplars, k0)
+        region = nearest                                    # [B] region at arrival (exact, any chunking)
         if k1 > self._cap:
             self._grow(max(k1, 2 * self._cap, 64))          # amortised doubling
         self._counts[:k1] += torch.bincount(region, minlength=k1)
@@ -227,7 +198,8 @@ class DictionaryBuilder:
         meta = {**getattr(cal, "meta", {}), "threshold": float(cal.threshold),
                 "percentile": getattr(cal, "percentile", None),
                 "calibration_tokens": getattr(cal, "n_tokens", None),
-                "calibration_seed": getattr(cal, "seed", None), **self.meta,
+                "calibration_seed": getattr(cal, "seed", None),
+                "calibration_batch_size": getattr(cal, "batch_size", None), **self.meta,
                 "tokens_streamed": self.tokens, "num_regions": k, "n_samples": self.n_samples,
                 "schema_version": SCHEMA_VERSION,
                 "ep_version": __version__}
@@ -239,6 +211,12 @@ class DictionaryBuilder:
             exemplar_context=cpu(self._ex_ctx[:k, :3]).contiguous(), exemplar_index=cpu(self._ex_ctx[:k, 3]),
             nearest_contexts=cpu(self._near_ctx[:k]), nearest_dist=cpu(self._near_dist[:k]),
             farthest_contexts=cpu(self._far_ctx[:k]), farthest_dist=cpu(self._far_dist[:k]), meta=meta)
+
+    def finish(self) -> Dictionary:
+        """Old name of snapshot() (it never finished anything); kept so existing callers work."""
+        import warnings
+        warnings.warn("DictionaryBuilder.finish() is now snapshot()", DeprecationWarning, stacklevel=2)
+        return self.snapshot()
 
 
 def _skip(batches: Iterable, n: int):

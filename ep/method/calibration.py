@@ -16,10 +16,7 @@ everything the calibration depends on. Files are safetensors + JSON, never pickl
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+
+from .files import atomic_write_bytes, canonical_json, key_hash, load_arrays, save_arrays  # noqa: F401 (re-exported)
 
 SCHEMA_VERSION = 1
 _META_KEY = "ep_calibration"  # the single key in the safetensors __metadata__
@@ -145,6 +142,16 @@ class Calibration:
         _save(self, Path(path), key)
 
     @staticmethod
+    def of(dictionary) -> Calibration:
+        """The calibration a dictionary was built with (its centre, θ, and what its metadata recorded)."""
+        meta = dictionary.meta
+        return Calibration(centre=dictionary.centre, threshold=float(dictionary.threshold),
+                           percentile=float(meta.get("percentile") or "nan"),
+                           n_tokens=int(meta.get("calibration_tokens") or 0),
+                           batch_size=int(meta.get("calibration_batch_size") or 1024),
+                           seed=int(meta.get("calibration_seed") or 0))
+
+    @staticmethod
     def load(path) -> Calibration:
         return _load(Path(path))[0]
 
@@ -164,69 +171,7 @@ def calibrate(acts, percentile: float, batch_size: int = 1024, seed: int = 0,
 
 
 # -----------------------------------------------------------------------------
-# files and caching
-
-def canonical_json(obj) -> str:
-    """Deterministic JSON: sorted keys, no whitespace, strict (no NaN)."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False)
-
-
-def key_hash(key: dict) -> str:
-    """sha256 hex digest of the canonical JSON of a cache key."""
-    return hashlib.sha256(canonical_json(key).encode("utf-8")).hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def _digest(arrays: dict[str, torch.Tensor], info: dict) -> str:
-    """sha256 over the header JSON and every array's name, dtype, shape and bytes."""
-    h = hashlib.sha256(canonical_json(info).encode("utf-8"))
-    for name in sorted(arrays):
-        t = arrays[name].contiguous()
-        h.update(f"|{name}|{t.dtype}|{list(t.shape)}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-def save_arrays(path, arrays: dict[str, torch.Tensor], info: dict, key: str) -> None:
-    """Atomically write one .safetensors file: the arrays, plus `info` (with a sha256 over
-    info and arrays) as canonical JSON under the single __metadata__ entry `key`. A single
-    entry and sorted JSON keys make the bytes a pure function of the contents."""
-    arrays = {k: v.detach().cpu().contiguous() for k, v in arrays.items()}
-    info = {**info, "sha256": _digest(arrays, info)}
-    atomic_write_bytes(Path(path), st_save(arrays, metadata={key: canonical_json(info)}))
-
-
-def load_arrays(path, key: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Inverse of save_arrays -> (arrays, info). ValueError if unreadable or corrupted. No pickle."""
-    data = Path(path).read_bytes()
-    try:
-        arrays = st_load(data)  # validates the header and that offsets cover the buffer
-        header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
-        info = json.loads(header["__metadata__"][key])
-        if not isinstance(info, dict):
-            raise TypeError("metadata is not a JSON object")
-    except Exception as e:
-        raise ValueError(f"unreadable file ({type(e).__name__}: {e})") from e
-    if info.pop("sha256", None) != _digest(arrays, info):
-        raise ValueError("checksum mismatch (corrupted file)")
-    return arrays, info
-
+# files and caching (the writers live in ep.method.files)
 
 def _save(cal: Calibration, path: Path, key: dict | None) -> None:
     info = {"schema_version": SCHEMA_VERSION, "threshold": float(cal.threshold),

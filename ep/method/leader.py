@@ -16,6 +16,9 @@ few pairs in between are recomputed with dot64. Which of a batch's unmatched row
 settled in rounds of tensor ops on the sparse "within threshold" graph (`_leaders`), not row by row.
 """
 
+import contextlib
+import os
+
 import numpy as np
 import torch
 
@@ -25,6 +28,7 @@ U_BF16 = 2.0**-8  # unit roundoff of bf16 (8 significant bits)
 SAFETY = 1.25  # factor on the proven input + accumulation error
 CHUNK = 1 << 25  # bf16 scores per GEMM block (64 MB)
 ROW_BLOCK = 512  # rows per block of the within-batch GEMM
+SUB_BATCH = 512  # smallest sub-batch of add() while the exemplars are fewer
 
 
 def dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -38,6 +42,33 @@ def dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     for j in range(1, p.shape[1]):
         out = out + p[:, j]
     return out
+
+
+def leader_cluster_reference(directions, threshold: float) -> np.ndarray:
+    """The specification, one row at a time: row i is an exemplar iff dot64 with every earlier exemplar < tau.
+
+    Everything else in this module is a faster way to get exactly this answer (tests check it).
+
+    >>> leader_cluster_reference([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]], threshold=0.3)
+    array([0, 2])
+
+    Row 1 is at cosine distance 0.2 <= 0.3 from exemplar 0 and joins it; row 2 is at distance 1 from
+    exemplar 0 and becomes exemplar 2 (ids are row indices).
+
+    A float64 matrix-vector product screens; it differs from dot64 by < 2 d 2^-53 R^2, so only scores
+    within 1e-9 R^2 of tau (possible ties) are recomputed with dot64 itself."""
+    x = _as_rows(directions).double()
+    _check_threshold(threshold)
+    tau, ex, e = 1.0 - float(threshold), [], torch.empty_like(x)  # e[:k]: the exemplars so far
+    tol = 1e-9 * max(1.0, x.norm(dim=1).max().item() ** 2)
+    for i in range(x.shape[0]):
+        k = len(ex)
+        s = e[:k] @ x[i]  # [k]
+        tie = (s - tau).abs() <= tol
+        if not bool((s >= tau + tol).any()) and not bool((dot64(e[:k][tie], x[i].expand(k, -1)[tie]) >= tau).any()):
+            e[k] = x[i]
+            ex.append(i)
+    return np.asarray(ex, dtype=np.int64)
 
 
 def _pair_dot64(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
@@ -129,6 +160,34 @@ def _leaders(n: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
         state[und & ~follow & ~wait] = 1
 
 
+def fair_threads(samples: int = 5) -> int:
+    """Threads worth using now: the cores of this process not already taken by other runnable tasks (>= 1).
+
+    On a shared machine an OpenMP pool wider than the free cores waits at every barrier for a descheduled
+    thread; a 2-core machine under load ran the builder 4x faster on 1 thread than on 2. Linux's
+    /proc/loadavg counts the tasks runnable right now (this reader included); the median of a few reads."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        reads = sorted(int(open("/proc/loadavg").read().split()[3].split("/")[0]) - 1 for _ in range(samples))
+    except (OSError, ValueError, IndexError):
+        return torch.get_num_threads()
+    return max(1, min(torch.get_num_threads(), cores - reads[samples // 2]))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with n intra-op threads (None: fair_threads()), then restore the caller's setting."""
+    old = torch.get_num_threads()
+    n = fair_threads() if n is None else int(n)
+    if n != old:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if n != old:
+            torch.set_num_threads(old)
+
+
 def _check_threshold(threshold: float) -> None:
     if not 0.0 < float(threshold) < 2.0:
         raise ValueError(f"threshold is a cosine distance and must be in (0, 2), got {threshold}")
@@ -173,11 +232,52 @@ class LeaderClustering:
     def add(self, directions) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Stream a batch [B, d] of unit rows -> is_new [B] bool, nearest [B] int64, similarity [B] float32.
 
-        nearest is the exemplar a row joins at arrival: the most similar exemplar from before this batch
-        if one is within threshold, else the most similar exemplar created in this batch at or before
-        the row (an exemplar is its own nearest, similarity 1). With B = 1 this is exactly the
-        one-row-at-a-time assignment. Argmax and similarity are on dot64 (ties: lowest id)."""
-        return self._add(_as_rows(directions, self.dim).to(self.device), nearest=True)
+        nearest is the exemplar a row joins at arrival: the most similar of ALL exemplars that exist when
+        it arrives (those of earlier batches and those born earlier in this batch; an exemplar is its own
+        nearest, similarity 1), exactly what one row at a time gives, so the result does not depend on
+        how the stream is batched. Argmax and similarity are on dot64 (ties: lowest id).
+
+        >>> lc = LeaderClustering(2, threshold=0.3, device="cpu")
+        >>> [t.tolist() for t in lc.add([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])]
+        [[True, True, False], [0, 1, 1], [1.0, 1.0, 0.800000011920929]]
+        """
+        x, out, s = _as_rows(directions, self.dim).to(self.device), [], 0
+        while s < x.shape[0] or not out:
+            # with few exemplars yet, most rows of a batch reach the within-batch stage, whose graph of pairs
+            # within threshold is dense on real (anisotropic) activations: take sub-batches that grow with K
+            step, k0 = max(SUB_BATCH, self._k), self._k
+            is_new, near, sim = self._add(x[s : s + step], nearest=True)
+            out.append((is_new, *self._arrival_nearest(x[s : s + step], is_new, near, sim, k0)))
+            s += step
+        return tuple(torch.cat(t) for t in zip(*out))
+
+    @torch.no_grad()
+    def _arrival_nearest(self, x: torch.Tensor, is_new: torch.Tensor, near: torch.Tensor, sim: torch.Tensor,
+                         k0: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """_add prefers an exemplar of an earlier batch when one is within threshold; a row may be more
+        similar still to an exemplar born earlier in its own batch. Check those (fp32 screen, dot64 decides).
+        x [B, d], is_new/near/sim [B]; exemplars k0.. are the batch's new ones."""
+        pos = is_new.nonzero()[:, 0]  # [n] rows that became exemplars k0, k0+1, ...
+        B, d = x.shape
+        # only rows matched to an old exemplar (near < k0) after the batch's first new one; a follower's
+        # nearest already is its most similar earlier leader (every old exemplar is below tau for it)
+        todo = ((near < k0) & (torch.arange(B, device=x.device) > pos[0])).nonzero()[:, 0] if pos.numel() else pos
+        if todo.numel() == 0:
+            return near, sim
+        s = x[todo] @ x[pos].T  # [t, n] fp32
+        s.masked_fill_(pos[None, :] >= todo[:, None], -torch.inf)  # not yet born
+        tol = (2.0 * d * 2.0**-24 + 1e-6) * max(1.0, self._norm**2)  # > |fp32 dot - dot64|
+        r, c = (s >= sim[todo, None] - tol).nonzero(as_tuple=True)  # might beat the current choice
+        if r.numel() == 0:
+            return near, sim
+        r = todo[r]
+        rows = torch.unique(r)
+        cand_row, cand_id = torch.cat([rows, r]), torch.cat([near[rows], k0 + c])
+        exact = _pair_dot64(x, cand_row, self._e32, cand_id)  # float64, batch-independent
+        best, win = _argmax_rows(cand_row, cand_id, exact, B)
+        near, sim = near.clone(), sim.clone()
+        near[rows], sim[rows] = win[rows], best[rows].float()
+        return near, sim
 
     @torch.no_grad()
     def _add(self, x: torch.Tensor, nearest: bool):
@@ -298,26 +398,11 @@ def leader_cluster(directions, threshold: float, batch_size: int = 4096) -> np.n
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     lc, bs, out = LeaderClustering(x.shape[1], threshold, device=x.device if x.is_cuda else None), int(batch_size), []
-    for s in range(0, x.shape[0], bs):
-        is_new = lc._add(x[s : s + bs].to(lc.device), nearest=False)[0]
+    s = 0
+    while s < x.shape[0]:
+        step = min(bs, max(SUB_BATCH, lc.num_exemplars))  # as in add(): sub-batches grow with K
+        with torch_threads(None):
+            is_new = lc._add(x[s : s + step].to(lc.device), nearest=False)[0]
         out.append(is_new.nonzero()[:, 0].cpu() + s)
+        s += step
     return torch.cat(out).numpy().astype(np.int64)
-
-
-def leader_cluster_reference(directions, threshold: float) -> np.ndarray:
-    """The definition, one row at a time: row i is an exemplar iff dot64 with every earlier exemplar < tau.
-
-    A float64 matrix-vector product screens; it differs from dot64 by < 2 d 2^-53 R^2, so only scores
-    within 1e-9 R^2 of tau (possible ties) are recomputed with dot64 itself."""
-    x = _as_rows(directions).double()
-    _check_threshold(threshold)
-    tau, ex, e = 1.0 - float(threshold), [], torch.empty_like(x)  # e[:k]: the exemplars so far
-    tol = 1e-9 * max(1.0, x.norm(dim=1).max().item() ** 2)
-    for i in range(x.shape[0]):
-        k = len(ex)
-        s = e[:k] @ x[i]  # [k]
-        tie = (s - tau).abs() <= tol
-        if not bool((s >= tau + tol).any()) and not bool((dot64(e[:k][tie], x[i].expand(k, -1)[tie]) >= tau).any()):
-            e[k] = x[i]
-            ex.append(i)
-    return np.asarray(ex, dtype=np.int64)

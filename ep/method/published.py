@@ -23,7 +23,6 @@ read the cached safetensors (K·d floats, a few % of the pickle).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from .dictionary import SCHEMA_VERSION, Dictionary, DictionaryFormatError
+from .files import sha256_file
 
 REPO_ID = "J-RUM/exemplar-partitioning"
 # (model, layer) -> percentiles published (the official README's "Prebuilt dictionaries" table): 13 builds
@@ -286,14 +286,6 @@ def convert(official: OfficialDictionary, meta: dict | None = None) -> Dictionar
 
 
 # -- files, cache, hub ------------------------------------------------------------------------------------
-
-def sha256_file(path, chunk: int = 1 << 24) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
 
 def cache_dir() -> Path:
     return Path(os.environ.get("EP_CACHE_DIR", Path.home() / ".cache" / "ep-tutorial")) / "published"

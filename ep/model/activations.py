@@ -48,11 +48,11 @@ def decoder_layers(model):
             return module
         except AttributeError:
             continue
-    raise ValueError(f"cannot find the decoder layers of {type(model._module).__name__}")
+    raise ValueError(f"cannot find the decoder layers of {getattr(model.config, 'model_type', type(model).__name__)}")
 
 
 def _check_layer(model, layer: int) -> None:
-    n_layers = model._module.config.get_text_config().num_hidden_layers
+    n_layers = model.config.get_text_config().num_hidden_layers
     if not 0 <= layer < n_layers:
         raise ValueError(f"layer {layer} is out of range: this model has layers 0..{n_layers - 1}")
 
@@ -84,7 +84,7 @@ def layer_output(model, texts: list[str], layer: int, context_length: int = 128,
     )
     mask = enc["attention_mask"]
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    device = model._module.device
+    device = model.device  # the Envoy's public device (of the first parameter)
     inputs = {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": position_ids}
     with model.trace({k: v.to(device) for k, v in inputs.items()}) as tracer:
         hidden = decoder_layers(model)[layer].output.save()

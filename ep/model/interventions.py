@@ -9,8 +9,11 @@ ways to take a unit direction e out of an activation x, and they differ by where
   becomes c·e, the centre's. This is the form the official EP README writes.
 
 If harmful prompts sit at h along e, harmless ones at s and the centre between them, plain removal sends
-harmful prompts to 0 (past the harmless ones when s ≈ 0), centred removal only to c·e: halfway when
-the centre is halfway. Notebook 04 measures which one collapses refusal.
+harmful prompts to 0 (past the harmless ones when s ≈ 0), centred removal only to c·e. So centred removal
+works when the centre sits near the harmless prompts and not when it sits halfway: *which* activations
+the centre is computed from decides it. The paper (official ``scripts/exp_behavioral.py``) removes with
+the centre of a dictionary built on all tokens of the prompts; a centre of final positions only lies about
+halfway between harmful and harmless final positions. Notebook 04 shows both.
 
 With k directions (the top-k regions), they are first orthonormalised and the whole span is removed:
 x → x − Q Qᵀ (x − c) (c = 0 for plain). The :class:`Ablation` is an edit for ``ep.studies.refusal.generate``,

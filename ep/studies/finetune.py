@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
+from ..method.files import staged_dir
 from ..model.chat import CHAT_TEMPLATE, END_OF_TURN, chat_prompt
 from ..model.loading import cache_dir, load_model
 
@@ -225,17 +224,10 @@ def instruct_sibling(base: str = "gemma-3-270m", name: str | None = None, progre
     merged.generation_config.eos_token_id = [tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids(END_OF_TURN)]
     seconds = {"answers": answered - start, "training": trained - answered, "total": trained - start}
     log = {"recipe": asdict(spec), "pairs": pairs, "losses": losses, "seconds": seconds}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{name}."))
-    try:
+    with staged_dir(out) as staging:  # a crash leaves no half-written checkpoint under `name`
         merged.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / "training.json").write_text(json.dumps(log, indent=1) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)  # atomic: a crash leaves no half-written checkpoint under `name`
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return _sibling(out, log, cached=False)
 
 

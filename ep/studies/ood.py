@@ -31,7 +31,7 @@ class Mahalanobis:
         return np.sqrt(self.model.mahalanobis(_numpy(acts)))  # [N]
 
 
-def auroc(in_scores, out_scores) -> float:
+def in_vs_out_auroc(in_scores, out_scores) -> float:
     """AUROC of telling ``out`` from ``in`` by a score that should be larger out of distribution."""
     return metrics.auroc(np.r_[np.zeros(len(in_scores)), np.ones(len(out_scores))], np.r_[in_scores, out_scores])
 

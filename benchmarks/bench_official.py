@@ -1,0 +1,194 @@
+"""
+The builder against the official implementation ITSELF, interleaved in one run, with and without a competing load.
+
+    python benchmarks/bench_official.py              # synthetic shapes + Gemma 3 270M layer 9, quiet and loaded
+    python benchmarks/bench_official.py --quick      # one small shape, one pass
+
+The official code (github.com/jessicarumbelow/exemplar-partitioning, `ep.discovery.dictionary.Dictionary`) runs
+unmodified in its own virtual environment, in a worker process this script talks to over a pipe:
+
+    git -C <mirror> archive HEAD ep | tar -x -C /tmp/official
+    python -m venv /tmp/official-venv && /tmp/official-venv/bin/pip install numpy scipy
+
+Both sides get the same raw rows, the same centre and the same threshold, stream them in the same batches, and
+build a full dictionary (ours: `DictionaryBuilder.add_arrays`: counts, sums, nearest/farthest samples; the
+official: `Dictionary.add_batch`: counts, running means, prompt heaps, reservoir samples). Timed: the first
+batch ("first call", in a fresh builder) and the whole stream, best of `--reps`, the two sides alternating.
+The exemplar sets (row indices) are compared. "Loaded" repeats everything while a competing process keeps
+two threads busy with fp32 matrix products (a notebook running beside the build).
+Results: results/official.{json,md} (official_quick.* for --quick), with the machine and `uptime` loads.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ep
+from ep.method.builder import DictionaryBuilder
+from ep.method.calibration import Calibration, spherical_centre, to_directions
+from ep.show.notebook import machine
+
+HERE = Path(__file__).parent
+
+WORKER = r'''
+import importlib, json, sys, time, types
+import numpy as np
+root = sys.argv[1]
+for name, path in (("ep", root + "/ep"), ("ep.discovery", root + "/ep/discovery")):  # skip heavy __init__s
+    m = types.ModuleType(name); m.__path__ = [path]; sys.modules[name] = m
+Dictionary = importlib.import_module("ep.discovery.dictionary").Dictionary
+for line in sys.stdin:
+    job = json.loads(line)
+    x, centre = np.load(job["data"], mmap_mode="r"), np.load(job["centre"])
+    d, times = Dictionary(centre, job["theta"]), []
+    for s in range(0, x.shape[0], job["batch"]):
+        b = np.ascontiguousarray(x[s:s + job["batch"]])
+        t = time.perf_counter()
+        d.add_batch(b, global_index_start=s)
+        times.append(time.perf_counter() - t)
+    ex = [p.constituent_sample_indices[0] for p in d.partitions]
+    print(json.dumps({"times": times, "exemplars": ex}), flush=True)
+'''
+
+LOAD = r'''
+import torch, time
+torch.set_num_threads(2)
+a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+while True:
+    a @ b
+'''
+
+
+def loads() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def clustered(n: int, d: int, k: int, seed: int = 0) -> np.ndarray:
+    """Raw rows: k random directions with per-cluster noise (log-uniform scale), plus an offset the centre removes."""
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1)
+    sigma = torch.empty(k).uniform_(np.log(0.3), np.log(3.0), generator=g).exp()
+    label = torch.randint(0, k, (n,), generator=g)
+    x = centres[label] + sigma[label, None] * torch.randn(n, d, generator=g) / d**0.5
+    return (x * 5 + torch.randn(d, generator=g)).numpy().astype(np.float32)  # [n, d]
+
+
+def gemma_rows(n_docs: int) -> np.ndarray:
+    cache = Path(tempfile.gettempdir()) / f"bench_official_gemma_l9_{n_docs}.npy"
+    if not cache.exists():
+        model, _ = ep.load_model("gemma-3-270m")
+        acts = ep.token_activations(model, ep.data.corpus(max_docs=n_docs), layer=9, progress=False).acts
+        np.save(cache, acts.float().numpy())
+    return np.load(cache)
+
+
+def theta_for(x: np.ndarray, centre: torch.Tensor, regions_frac: float) -> float:
+    """A threshold leaving roughly regions_frac of the rows as exemplars (nearest-neighbour cosines, first 4096)."""
+    u = to_directions(torch.from_numpy(x[:4096]), centre)
+    s = (u @ u.T).fill_diagonal_(-1).amax(dim=1)  # nearest other row
+    return float(np.clip(1 - torch.quantile(s, regions_frac).item(), 1e-3, 1.99))
+
+
+def ours(x: np.ndarray, centre: torch.Tensor, theta: float, batch: int):
+    cal = Calibration(centre=centre, threshold=theta, percentile=float("nan"), n_tokens=0)
+    b, times = DictionaryBuilder(cal, chunk_size=batch), []
+    n = x.shape[0]
+    doc, pos = torch.arange(n) // 128, torch.arange(n) % 128
+    for s in range(0, n, batch):
+        t = time.perf_counter()
+        b.add_arrays(torch.from_numpy(x[s:s + batch]), doc[s:s + batch], pos[s:s + batch], pos[s:s + batch])
+        times.append(time.perf_counter() - t)
+    return times, b.snapshot().exemplar_index.tolist()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=4096)
+    ap.add_argument("--official-src", default="/tmp/official")
+    ap.add_argument("--official-python", default="/tmp/official-venv/bin/python")
+    ap.add_argument("--no-real", action="store_true")
+    ap.add_argument("--no-load", action="store_true")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the synthetic row counts (busy machine)")
+    args = ap.parse_args()
+
+    shapes = [("synthetic 10k x 640", clustered(10_000, 640, 400))] if args.quick else [
+        (f"synthetic {int(50 * args.scale)}k x 640", clustered(int(50_000 * args.scale), 640, 2000)),
+        (f"synthetic {int(20 * args.scale)}k x 2304", clustered(int(20_000 * args.scale), 2304, 800, seed=1)),
+    ]
+    if not args.no_real and not args.quick:
+        shapes.append(("Gemma 3 270M L9, Wikipedia", gemma_rows(160)))
+    regimes = {"few": 0.05, "mid": 0.4, "all": 1.0}
+
+    tmp = Path(tempfile.mkdtemp())
+    worker = subprocess.Popen([args.official_python, "-c", WORKER, args.official_src], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    rows, start = [], {"loads": loads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    for cond in ["quiet"] + ([] if args.no_load else ["loaded"]):
+        load = subprocess.Popen([sys.executable, "-c", LOAD]) if cond == "loaded" else None
+        time.sleep(2 if load else 0)
+        try:
+            for label, x in shapes:
+                centre = spherical_centre(torch.from_numpy(x))  # [d], the same for both sides
+                np.save(tmp / "x.npy", x)
+                np.save(tmp / "c.npy", centre.numpy())
+                for regime, frac in regimes.items():
+                    theta = theta_for(x, centre, frac) if frac < 1 else 1e-3
+                    best = {"ours": None, "official": None}
+                    for _ in range(args.reps):  # alternate: ours, official, ours, official
+                        t_o, ex_o = ours(x, centre, theta, args.batch)
+                        worker.stdin.write(json.dumps({"data": str(tmp / "x.npy"), "centre": str(tmp / "c.npy"),
+                                                       "theta": theta, "batch": args.batch}) + "\n")
+                        worker.stdin.flush()
+                        off = json.loads(worker.stdout.readline())
+                        for side, t in (("ours", t_o), ("official", off["times"])):
+                            if best[side] is None or sum(t) < sum(best[side]):
+                                best[side] = t
+                    row = {"condition": cond, "data": label, "rows": x.shape[0], "d": x.shape[1], "regime": regime,
+                           "theta": theta, "regions": len(ex_o), "identical": ex_o == off["exemplars"],
+                           "official_regions": len(off["exemplars"]),
+                           "ours_s": sum(best["ours"]), "official_s": sum(best["official"]),
+                           "ours_first_s": best["ours"][0], "official_first_s": best["official"][0],
+                           "loads": loads()}
+                    row["speedup"] = row["official_s"] / row["ours_s"]
+                    row["first_speedup"] = row["official_first_s"] / row["ours_first_s"]
+                    rows.append(row)
+                    print(json.dumps(row), flush=True)
+        finally:
+            if load is not None:
+                load.kill()
+                load.wait()
+    worker.stdin.close()
+    worker.wait()
+    res = {"start": start, "end": {"loads": loads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
+           "machine": machine(), "torch_threads": torch.get_num_threads(), "batch": args.batch, "rows": rows}
+    name = "official_quick" if args.quick else "official"
+    (HERE / "results").mkdir(exist_ok=True)
+    (HERE / "results" / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    m = res["machine"]
+    lines = [f"# The builder vs the official `Dictionary.add_batch` (batch {args.batch}, best of {args.reps})", "",
+             f"{m['cpu']}, torch {m['torch']}, {res['torch_threads']} torch threads; started "
+             f"{start['time']} (load {start['loads']}), ended {res['end']['time']} (load {res['end']['loads']}). "
+             "`loaded`: a competing process runs two threads of fp32 GEMMs throughout.", "",
+             "| condition | data | regime | theta | regions | identical | ours (s) | official (s) | x official "
+             "| first call ours / official (s) | x first | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['condition']} | {r['data']} | {r['regime']} | {r['theta']:.3f} | {r['regions']} | "
+                     f"{'yes' if r['identical'] else 'NO: ' + str(r['official_regions'])} | {r['ours_s']:.2f} | "
+                     f"{r['official_s']:.2f} | {r['speedup']:.1f} | {r['ours_first_s']:.3f} / "
+                     f"{r['official_first_s']:.3f} | {r['first_speedup']:.1f} | {r['loads']} |")
+    (HERE / "results" / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
