@@ -6,17 +6,34 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from ep import exercises
 from ep.method import metrics
+from ep.method.builder import build_dictionary
+from ep.method.calibration import calibrate
+from ep.model.activations import ActivationBatch
+from ep.model.interventions import diff_in_means
 from ep.studies import axbench as ax
 
 
-def _rows(n_rows=6, per_row=5, d=8, seed=0, output_from=2):
-    """Synthetic RowActivations: rows of per_row tokens, tokens from `output_from` on are output tokens."""
+def _rows(n_rows=6, per_row=5, d=8, seed=0, output_from=2, prompt_from=None):
+    """Synthetic RowActivations: rows of per_row tokens, tokens from `output_from` on are output tokens,
+    tokens from `prompt_from` on (default: 1, the first token is the chat prefix) follow the prefix."""
     g = torch.Generator().manual_seed(seed)
     row = torch.arange(n_rows).repeat_interleave(per_row)
     output = (torch.arange(per_row) >= output_from).repeat(n_rows)
+    after = (torch.arange(per_row) >= (1 if prompt_from is None else prompt_from)).repeat(n_rows)
     acts = torch.randn(n_rows * per_row, d, generator=g)
-    return ax.RowActivations({0: acts}, row, output, torch.zeros_like(row), n_rows)
+    return ax.RowActivations({0: acts}, row, output, torch.zeros_like(row), n_rows, after)
+
+
+def test_scopes_select_prefix_prompt_and_output_tokens():
+    rows = _rows(n_rows=2, per_row=5, output_from=3, prompt_from=1)
+    assert rows.keep("row").all()
+    assert rows.keep("after_prefix").tolist() == [False, True, True, True, True] * 2
+    assert rows.keep("output").tolist() == [False, False, False, True, True] * 2
+    assert rows.lengths().tolist() == [4, 4] and rows.lengths("output").tolist() == [2, 2]
+    with pytest.raises(ValueError):
+        rows.keep("prompt")
 
 
 def test_max_pool_takes_the_max_over_kept_tokens_only():
@@ -108,28 +125,110 @@ def test_best_units_picks_the_best_training_auroc_and_breaks_ties_by_gap():
     assert ax.best_units(-scores, [split]) == [(0, 1.0)]
 
 
-def test_methods_find_a_planted_concept_direction():
-    """Positive rows hold one token along a planted direction: EP, DiffMean and the probe must find it,
-    a random direction must not, and length (equal here) must be uninformative."""
+def _planted(n_rows=60, per_row=6, d=16):
+    """Positive rows (odd) hold one token along a planted direction; equal lengths, so length says nothing."""
     g = torch.Generator().manual_seed(1)
-    n_rows, per_row, d = 60, 6, 16
     rows = _rows(n_rows, per_row, d, seed=2, output_from=1)
     concept = torch.zeros(d)
     concept[3] = 1.0
-    labels = np.arange(n_rows) % 2  # odd rows are positive
-    acts = rows.acts[0]
+    labels = np.arange(n_rows) % 2
     for r in np.flatnonzero(labels):
-        acts[r * per_row + 2 + int(torch.randint(0, 3, (1,), generator=g))] += 10 * concept
+        rows.acts[0][r * per_row + 2 + int(torch.randint(0, 3, (1,), generator=g))] += 10 * concept
     half = n_rows // 2
     split = ax.ConceptSplit(0, "c", "text", np.arange(half), labels[:half], np.arange(half, n_rows), labels[half:])
-    # train and evaluate on different halves of the same table
-    res, info = ax.evaluate_layer(rows, rows, 0, [split], percentiles=(10.0,), n_random=2, progress=False)
+    return rows, split  # train and evaluate on different halves of the same table
+
+
+def _generic_dictionary(d=16, percentile=10.0):
+    """A dictionary of label-free synthetic tokens (the generic stream), in which the concept occurs too."""
+    g = torch.Generator().manual_seed(5)
+    acts = torch.randn(400, d, generator=g)
+    acts[::7, 3] += 10.0
+    cal = calibrate(acts, percentile, seed=0)
+    zeros = torch.zeros(400, dtype=torch.long)
+    batch = ActivationBatch(acts, torch.arange(400), zeros, zeros)
+    return build_dictionary([batch], cal, progress=False, n_samples=0)
+
+
+@pytest.mark.parametrize("options", [{}, {"choose": "auroc"}, {"score": "cos"},
+                                     {"scope": "output", "train_scope": "output"}])
+def test_methods_find_a_planted_concept_direction(options):
+    """EP (both bases, a dictionary from other data), DiffMean and the probe must find a planted direction,
+    a random direction must not, and length (equal here) must be uninformative: under the paper's protocol
+    and under each control."""
+    rows, split = _planted()
+    res, info = ax.evaluate_layer(rows, rows, 0, [split], dictionaries={"g": _generic_dictionary()}, n_random=2,
+                                  progress=False, **options)
     got = res.set_index("method").auroc
-    for m in ("ep_p10_cos", "diffmean", "probe"):
+    for m in ("ep_g_exemplar", "ep_g_mean", "diffmean"):
         assert got[m] > 0.9, (m, got[m])
+    assert got["probe"] > 0.85  # trained on every token of a row, one of which carries the concept
     assert got["length"] == 0.5
     assert got["random"] < 0.9
-    assert len(info["dictionaries"][10.0]) > 1 and "ep_p10_cos" in info["seconds"]
+    assert {"ep_g_exemplar", "ep_g_mean", "diffmean"} <= set(info["seconds"])
+
+
+def test_rows_dictionary_control_also_finds_it():
+    rows, split = _planted()
+    res, _ = ax.evaluate_layer(rows, rows, 0, [split], methods=("ep",), progress=False,
+                               dictionaries={"rows": ax.rows_dictionary(rows, 0, 10.0)})
+    assert (res.auroc > 0.9).all() and len(res) == 2
+
+
+def test_evaluate_layer_rejects_bad_options():
+    rows, split = _planted()
+    with pytest.raises(ValueError, match="dictionaries"):
+        ax.evaluate_layer(rows, rows, 0, [split], progress=False)
+    for bad in ({"scope": "prompt"}, {"choose": "best"}, {"score": "cosine"}, {"train_scope": "all"}):
+        with pytest.raises(ValueError):
+            ax.evaluate_layer(rows, rows, 0, [split], methods=("length",), progress=False, **bad)
+    with pytest.raises(ValueError):
+        ax.basis(_generic_dictionary(), "centroid")
+
+
+def test_unit_row_sums_and_the_contrast_choice_match_a_token_level_reference():
+    """contrast_units from per-row sums = the exercise's reference (mean over positive tokens − mean over
+    negative tokens, argmax) computed on the tokens themselves; rows outside the split do not count."""
+    rows = _rows(n_rows=9, per_row=7, d=5, seed=3)
+    rows.row[rows.row == 8] = 7  # rows of unequal length: means are over tokens, not rows
+    units = torch.randn(6, 5)
+    fn = lambda a: a @ units.T
+    keep = rows.keep("after_prefix")
+    sums, counts = ax.unit_row_sums(fn, rows.acts[0], rows.row, keep, rows.n_rows, chunk_size=4)
+    assert counts.tolist() == [6] * 7 + [12, 0]
+    split = ax.ConceptSplit(0, "c", "text", np.array([0, 2, 7, 1, 3]), np.array([1, 1, 1, 0, 0]),
+                            np.arange(0), np.arange(0))
+    scores = fn(rows.acts[0]).numpy()
+    pos = keep & torch.isin(rows.row, torch.tensor([0, 2, 7]))
+    neg = keep & torch.isin(rows.row, torch.tensor([1, 3]))
+    [(k, contrast)] = ax.contrast_units(sums, counts, [split])
+    assert k == exercises._concept_region(scores[pos.numpy()], scores[neg.numpy()])
+    assert contrast == pytest.approx(scores[pos.numpy()].mean(0)[k] - scores[neg.numpy()].mean(0)[k])
+
+
+def test_diffmean_is_the_shared_diff_in_means():
+    rows, split = _planted()
+    keep = rows.keep("row")
+    lab = torch.full((rows.n_rows,), -1)
+    lab[split.train_rows] = torch.as_tensor(split.train_labels)
+    lab = lab[rows.row]
+    want = diff_in_means(rows.acts[0][lab == 1], rows.acts[0][lab == 0])
+    torch.testing.assert_close(ax.diffmean(rows.acts[0], rows, keep, split).direction, want)
+
+
+def test_resample_redraws_within_labels_and_seed_spread_has_one_mean_per_redraw():
+    rows, split = _planted()
+    [again] = ax.resample([split], seed=1)
+    for r, lab, r0, lab0 in ((again.train_rows, again.train_labels, split.train_rows, split.train_labels),
+                             (again.eval_rows, again.eval_labels, split.eval_rows, split.eval_labels)):
+        assert sorted(lab) == sorted(lab0)  # the same number of positives and negatives
+        assert set(r[lab == 1]) <= set(r0[lab0 == 1]) and set(r[lab == 0]) <= set(r0[lab0 == 0])
+    assert ax.resample([split], 1)[0].eval_rows.tolist() == again.eval_rows.tolist()  # seeded
+    spread = ax.seed_spread(rows, rows, 0, [split], n_boot=3, dictionaries={"g": _generic_dictionary()},
+                            n_random=1, progress=False)
+    assert len(spread) == 3 * 5 and set(spread.method) == {"ep_g_exemplar", "ep_g_mean", "diffmean", "random",
+                                                          "length"}
+    assert spread.groupby("method").boot.nunique().eq(3).all()
 
 
 def test_linear_detector_centred_score_is_a_cosine():
@@ -154,18 +253,19 @@ class _Tok:  # a tokenizer with a chat template, for the templating logic alone
         return "<bos>" + "".join(f"<{m['role']}>{m['content'].strip()}</{m['role']}>" for m in messages)
 
 
-def test_template_row_uses_the_chat_template_and_finds_the_output():
-    text, (a, b) = ax.template_row(_Tok(), "Hi?", "  Hello there. ")
+def test_template_row_uses_the_chat_template_and_finds_the_prompt_and_output():
+    text, p, (a, b) = ax.template_row(_Tok(), " Hi? ", "  Hello there. ")
     assert not text.startswith("<bos>") and text[a:b] == "Hello there."
+    assert text[:p] == "<user>" and text[p:].startswith("Hi?")
 
 
 def test_template_row_without_a_template_writes_gemma_turns():
     class Base(_Tok):
         chat_template = None
 
-    text, (a, b) = ax.template_row(Base(), " Hi? ", "  Hello there. ")
+    text, p, (a, b) = ax.template_row(Base(), " Hi? ", "  Hello there. ")
     assert text == "<start_of_turn>user\nHi?<end_of_turn>\n<start_of_turn>model\nHello there.<end_of_turn>\n"
-    assert text[a:b] == "Hello there."
+    assert text[a:b] == "Hello there." and text[:p] == "<start_of_turn>user\n"
 
 
 @pytest.mark.model
@@ -174,12 +274,16 @@ def test_output_mask_on_the_real_model(gemma):
     frame = pd.DataFrame({"input": ["What is two plus two?", "Name a colour.", "Hi"],
                           "output": ["Two plus two is four.", "Blue, the colour of the sky, is a colour.", "Hello."]})
     acts = ax.row_activations(model, frame, [1, 3], context_length=64, batch_size=2, progress=False)
-    assert set(acts.acts) == {1, 3} and acts.acts[3].shape == (len(acts.row), model._module.config.hidden_size)
+    assert set(acts.acts) == {1, 3} and acts.acts[3].shape == (len(acts.row), model.config.hidden_size)
     assert (acts.token != model.tokenizer.bos_token_id).all()
     assert acts.row.tolist() == sorted(acts.row.tolist()) and set(acts.row.tolist()) == {0, 1, 2}  # frame order
     for r, out in enumerate(frame.output):
         ids = acts.token[(acts.row == r) & acts.output].tolist()
         assert model.tokenizer.decode(ids).strip() == out  # the mask covers exactly the output
+        prefix = acts.token[(acts.row == r) & ~acts.after_prefix].tolist()  # the chat prefix, BOS dropped
+        assert model.tokenizer.decode(prefix) == "<start_of_turn>user\n"
+        after = acts.token[(acts.row == r) & acts.keep("after_prefix")].tolist()
+        assert model.tokenizer.decode(after).startswith(frame.input[r])
     # a row's activations do not depend on the other rows in its batch (padding)
     alone = ax.row_activations(model, frame.iloc[:1], [3], context_length=64, progress=False)
     torch.testing.assert_close(alone.acts[3], acts.acts[3][acts.row == 0], atol=1e-4, rtol=1e-4)

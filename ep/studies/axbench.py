@@ -1,20 +1,24 @@
 """AxBench latent concept detection: rows → per-token activations → max-pooled detector scores → AUROC.
 
 AxBench (Wu et al., 2025) asks whether a one-number-per-token *detector* tells rows that express a
-concept (positives) from rows that do not (negatives). The protocol, as its evaluator runs it:
-- each row is chat-templated (user = ``input``, assistant = ``output``) and run through the model;
-  the activations at one layer are read for every token except BOS;
-- a detector scores every token; a row's score is the **max** over its tokens (by default only the
-  tokens of the assistant's output, ``scope="output"``; ``scope="row"`` uses the whole row);
-- per concept, AUROC of the row scores on positives vs negatives (hard negatives are excluded, as
-  AxBench's ``AUCROCEvaluator`` drops every category it has no label for); then the mean over concepts.
-
-Every detector here is chosen on the training split only:
-- EP: one dictionary (``ep.calibrate`` + ``ep.build_dictionary``) shared by all concepts; per concept
-  the region whose exemplar e gives the best *training* AUROC, scored h·e or by centred cosine;
-- SAE: the same chooser over SAE features (the "SAE-A" of AxBench), when an SAE is available;
-- DiffMean (mean positive token − mean negative token), a logistic-regression probe, random directions.
-Row length (``RowActivations.lengths``) is the control to read every number against: positives are longer.
+concept (positives) from rows that do not (negatives). The paper's protocol (Rumbelow 2026; the official
+``ep/_axbench_ep.py`` run by ``scripts/build_partitions.py``), which is the default here:
+- the EP dictionary is built once, without labels, from a **generic text stream** (the paper: 10M Pile
+  tokens; here ``ep.build`` on ``ep.data.corpus()``), never from AxBench rows;
+- each row is chat-templated (user = ``input``, assistant = ``output``); training reads **all non-BOS
+  tokens** of the templated rows (``train_scope="row"``);
+- per concept, the region whose basis direction (exemplar or mean member: both bases are run) has the
+  largest **contrast**: mean centred cosine over the positive rows' tokens minus the mean over the tokens
+  of the negatives of the concept's genre (``choose="contrast"``);
+- the detector is the raw projection h·e on that unit direction, bias 0 (``score="dot"``); a row's score
+  is the **max over every token after the chat prefix**, the user's turn included (``scope="after_prefix"``);
+- per concept, AUROC of the row scores on positives vs negatives (hard negatives dropped, as AxBench's
+  ``AUCROCEvaluator`` does); then the mean over concepts.
+Controls (this module's earlier defaults) are options of ``evaluate_layer``: ``scope="output"`` /
+``train_scope="output"`` (the assistant's output only), ``choose="auroc"`` (the region with the best training
+AUROC, as AxBench's SAE-A picks an SAE feature), ``score="cos"`` (centred cosine), and a dictionary built on
+the training rows themselves (``rows_dictionary``). Baselines: DiffMean, a logistic probe, random directions,
+an SAE's features, and row length, the control to read every number against (positives are longer).
 
 Layout: templating and extraction (model code) at the top; everything below works on plain arrays.
 """
@@ -22,7 +26,7 @@ Layout: templating and extraction (model code) at the top; everything below work
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,20 +40,37 @@ from ..method.calibration import calibrate, to_directions
 from ..method.metrics import auroc, auroc_columns
 from ..model.activations import ActivationBatch, decoder_layers
 from ..model.chat import chat_prompt
+from ..model.interventions import diff_in_means
 
 LABELS = {"positive": 1, "negative": 0}  # everything else (hard negatives) is left out, as in AxBench
+SCOPES = ("after_prefix", "output", "row")
+BASES = ("exemplar", "mean")
+
+# what the paper ran (official ep/_axbench_ep.py via scripts/build_partitions.py), for results files
+PAPER_PROTOCOL = {
+    "dictionary": "generic text stream (10M Pile tokens), not AxBench rows",
+    "train_tokens": "all non-BOS tokens of the chat-templated input + output rows",
+    "region_choice": "argmax of mean centred cosine on positive tokens - mean on the genre's negative tokens",
+    "score": "raw h.e of the unit basis direction, bias 0",
+    "pooling": "max over all tokens after the chat prefix (user turn included)",
+    "metric": "AUROC positives vs negatives, hard negatives dropped; mean over concepts",
+    "bases": list(BASES),
+    "model": "google/gemma-2-2b-it", "layer": 20, "concepts": "Concept500",
+}
 
 
 # -----------------------------------------------------------------------------
 # rows → templated text → per-token activations (the only part that touches a model)
 
-def template_row(tokenizer, prompt: str, output: str) -> tuple[str, tuple[int, int]]:
-    """One AxBench row as a chat turn → (text without BOS, character span of the output in it).
+def template_row(tokenizer, prompt: str, output: str) -> tuple[str, int, tuple[int, int]]:
+    """One AxBench row as a chat turn → (text without BOS, where the user's content starts, output span).
 
-    Uses the tokenizer's own chat template when it has one (e.g. ``google/gemma-2-2b-it``), else Gemma's
-    turn markup (``ep.model.chat.chat_prompt``, the same text). Both are stripped, as the Gemma template trims them.
+    The characters before ``prompt_start`` are the chat prefix (e.g. ``<start_of_turn>user\\n``), the
+    tokens AxBench's ``get_prefix_length`` skips when it pools. Uses the tokenizer's own chat template when
+    it has one (e.g. ``google/gemma-2-2b-it``), else Gemma's turn markup (``ep.model.chat.chat_prompt``,
+    the same text). Both are stripped, as the Gemma template trims them.
     """
-    output = output.strip()
+    prompt, output = prompt.strip(), output.strip()
     if getattr(tokenizer, "chat_template", None):
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
         text = tokenizer.apply_chat_template(messages, tokenize=False)
@@ -61,7 +82,10 @@ def template_row(tokenizer, prompt: str, output: str) -> tuple[str, tuple[int, i
     start = text.rfind(output)
     if start < 0:
         raise ValueError("the chat template changed the output text: cannot locate it")
-    return text, (start, start + len(output))
+    prompt_start = text.find(prompt) if prompt else start
+    if prompt_start < 0 or prompt_start > start:
+        raise ValueError("the chat template changed the prompt text: cannot locate it")
+    return text, prompt_start, (start, start + len(output))
 
 
 @dataclass
@@ -73,16 +97,19 @@ class RowActivations:
     output: torch.Tensor  # [N] bool, token lies inside the assistant's output
     token: torch.Tensor  # [N] int64 token ids
     n_rows: int
+    after_prefix: torch.Tensor | None = None  # [N] bool, token starts at or after the user's content
 
     def keep(self, scope: str) -> torch.Tensor:
-        """[N] bool: the tokens a detector is max-pooled over (``output`` or the whole ``row``)."""
+        """[N] bool: the tokens of ``scope``: ``after_prefix`` (the paper's), ``output`` or the whole ``row``."""
         if scope == "output":
             return self.output
         if scope == "row":
             return torch.ones_like(self.output)
-        raise ValueError(f"scope must be 'output' or 'row', got {scope!r}")
+        if scope == "after_prefix":
+            return self.output if self.after_prefix is None else self.after_prefix | self.output
+        raise ValueError(f"scope must be one of {SCOPES}, got {scope!r}")
 
-    def lengths(self, scope: str = "output") -> np.ndarray:
+    def lengths(self, scope: str = "after_prefix") -> np.ndarray:
         """[n_rows] number of tokens in scope per row (the length-only control score)."""
         return np.bincount(self.row[self.keep(scope)].numpy(), minlength=self.n_rows)
 
@@ -98,11 +125,12 @@ def row_activations(model, frame: pd.DataFrame, layers: Sequence[int], *, contex
     tok = model.tokenizer
     layers = sorted(set(int(layer) for layer in layers))
     blocks = decoder_layers(model)
-    texts, spans = zip(*(template_row(tok, r.input, r.output) for r in frame.itertuples()), strict=True)
+    texts, prompt_starts, spans = zip(*(template_row(tok, r.input, r.output) for r in frame.itertuples()),
+                                      strict=True)
     # batch rows of similar length together (less padding); every token keeps its row's index
     order = np.argsort([len(ids) for ids in tok(list(texts))["input_ids"]], kind="stable")
     out = {layer: [] for layer in layers}
-    rows, is_out, ids_all = [], [], []
+    rows, is_out, is_after, ids_all = [], [], [], []
     for s in tqdm(range(0, len(texts), batch_size), desc="rows", disable=not progress):
         batch = order[s:s + batch_size]
         enc = tok([texts[i] for i in batch], return_tensors="pt", padding=True, truncation=True,
@@ -120,14 +148,16 @@ def row_activations(model, frame: pd.DataFrame, layers: Sequence[int], *, contex
             h = h[0] if isinstance(h, tuple) else h
             out[layer].append(h.float().cpu()[b, t])
         span = torch.tensor([spans[i] for i in batch])  # [B, 2] output character span
+        first = torch.tensor([prompt_starts[i] for i in batch])  # [B] first character of the user's content
         start, end = offsets[b, t, 0], offsets[b, t, 1]
         is_out.append((start >= span[b, 0]) & (end <= span[b, 1]) & (end > start))
+        is_after.append(end > first[b])  # a token that reaches into the content is not prefix
         rows.append(torch.as_tensor(batch)[b])
         ids_all.append(ids[b, t])
     rows = torch.cat(rows)
     back = torch.argsort(rows, stable=True)  # back to the frame's row order, tokens in sequence
     return RowActivations({layer: torch.cat(a)[back] for layer, a in out.items()}, rows[back],
-                          torch.cat(is_out)[back], torch.cat(ids_all)[back], len(texts))
+                          torch.cat(is_out)[back], torch.cat(ids_all)[back], len(texts), torch.cat(is_after)[back])
 
 
 # -----------------------------------------------------------------------------
@@ -185,6 +215,21 @@ def concept_splits(metadata: list[dict], train: pd.DataFrame, latent: pd.DataFra
     return splits
 
 
+def resample(splits: list[ConceptSplit], seed: int) -> list[ConceptSplit]:
+    """Bootstrap copies of the splits: each concept's training and evaluation rows redrawn with replacement
+    within each label. Rerunning the choice and the scoring on them shows how much the mean AUROC would move
+    with another draw of rows of the same size (the seed spread), without another forward pass."""
+    rng = np.random.default_rng(seed)
+
+    def draw(rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pick = [rng.choice(np.flatnonzero(labels == v), size=int((labels == v).sum())) for v in (1, 0)]
+        i = np.concatenate(pick)
+        return rows[i], labels[i]
+
+    return [ConceptSplit(s.concept_id, s.concept, s.genre, *draw(s.train_rows, s.train_labels),
+                         *draw(s.eval_rows, s.eval_labels)) for s in splits]
+
+
 # -----------------------------------------------------------------------------
 # detectors and pooling (plain arrays from here on)
 
@@ -240,10 +285,40 @@ def unit_row_scores(score_fn: Callable[[torch.Tensor], torch.Tensor], acts: torc
     return best.nan_to_num(neginf=float(best[best.isfinite()].min()))
 
 
+def unit_row_sums(score_fn: Callable[[torch.Tensor], torch.Tensor], acts: torch.Tensor, row: torch.Tensor,
+                  keep: torch.Tensor, n_rows: int, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the sum of every unit's token scores over the kept tokens [n_rows, K] (float64) and the number
+    of kept tokens [n_rows]: enough for a token-weighted mean over any set of rows (``contrast_units``)."""
+    idx = keep.nonzero()[:, 0]
+    sums = None
+    for s in range(0, len(idx), chunk_size):
+        i = idx[s:s + chunk_size]
+        scores = score_fn(acts[i]).double()  # [n, K]
+        if sums is None:
+            sums = scores.new_zeros((n_rows, scores.shape[1]))
+        sums.index_add_(0, row[i], scores)
+    counts = torch.bincount(row[idx], minlength=n_rows)
+    return sums, counts
+
+
+def contrast_units(row_sums: torch.Tensor, row_counts: torch.Tensor, splits: list[ConceptSplit]
+                   ) -> list[tuple[int, float]]:
+    """The paper's region choice: per concept, the unit with the largest mean score over the positive rows'
+    tokens minus the mean over the negative rows' tokens (means over tokens, not rows), and that contrast."""
+    out = []
+    for split in splits:
+        rows, pos = torch.as_tensor(split.train_rows), torch.as_tensor(split.train_labels.astype(bool))
+        mean = [row_sums[rows[m]].sum(0) / row_counts[rows[m]].sum().clamp(min=1) for m in (pos, ~pos)]
+        contrast = mean[0] - mean[1]  # [K]
+        k = int(contrast.argmax())
+        out.append((k, float(contrast[k])))
+    return out
+
+
 def best_units(row_scores: torch.Tensor, splits: list[ConceptSplit]) -> list[tuple[int, float]]:
     """Per concept, the unit (column of the training rows' max-pooled scores [n_rows, K]) with the best
     training AUROC, and that AUROC; ties (common with few rows) go to the larger mean score gap between
-    positive and negative rows. This is how EP regions and SAE features (SAE-A) are chosen."""
+    positive and negative rows. This is how AxBench's SAE-A picks an SAE feature (EP's control choice)."""
     out = []
     for split in splits:
         x, pos = row_scores[split.train_rows].numpy(), split.train_labels.astype(bool)
@@ -265,10 +340,9 @@ def _token_labels(rows: RowActivations, split: ConceptSplit) -> torch.Tensor:
 
 
 def diffmean(acts: torch.Tensor, rows: RowActivations, keep: torch.Tensor, split: ConceptSplit) -> LinearDetector:
-    """Mean of the positive rows' tokens minus mean of the negative rows' tokens (normalised), score h·w."""
+    """Unit difference of the positive rows' token mean and the negative rows' (``diff_in_means``), score h·w."""
     lab = _token_labels(rows, split)
-    w = acts[keep & (lab == 1)].mean(0) - acts[keep & (lab == 0)].mean(0)
-    return LinearDetector(w / w.norm())
+    return LinearDetector(diff_in_means(acts[keep & (lab == 1)], acts[keep & (lab == 0)]))
 
 
 def probe(acts: torch.Tensor, rows: RowActivations, keep: torch.Tensor, split: ConceptSplit,
@@ -289,8 +363,8 @@ def random_detector(d: int, seed: int) -> LinearDetector:
     return LinearDetector(w / w.norm())
 
 
-def ep_dictionary(train: RowActivations, layer: int, percentile: float, seed: int = 0):
-    """The EP dictionary of every training token at ``layer`` (no labels: one dictionary for all concepts).
+def rows_dictionary(train: RowActivations, layer: int, percentile: float, seed: int = 0):
+    """Control: an EP dictionary of every training token at ``layer`` (the paper builds it from a generic stream).
 
     Calibrated on the same tokens; rows are streamed in a seeded random order (leader clustering is
     order-dependent, and the table is sorted by concept), each row's tokens in sequence.
@@ -304,12 +378,20 @@ def ep_dictionary(train: RowActivations, layer: int, percentile: float, seed: in
     return build_dictionary([batch], cal, progress=False, n_samples=0, meta={"layer": layer})
 
 
-def ep_unit_scores(dictionary, centred: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Every region's score for tokens [n, d] -> [n, K]: centred cosine with each exemplar, or plain h·e."""
-    ex = dictionary.exemplars  # [K, d] centred unit vectors
-    if centred:
-        return lambda a: to_directions(a, dictionary.centre) @ ex.T
-    return lambda a: a.float() @ ex.T
+def basis(dictionary, name: str) -> torch.Tensor:
+    """[K, d] unit directions in centred space: the regions' ``exemplar`` or their ``mean`` member direction."""
+    if name == "exemplar":
+        return dictionary.exemplars
+    if name == "mean":
+        return dictionary.mean_directions
+    raise ValueError(f"basis must be one of {BASES}, got {name!r}")
+
+
+def unit_scores(directions: torch.Tensor, centre: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Every unit's token score [n, d] -> [n, K]: centred cosine with each direction (``centre`` given), else h·e."""
+    if centre is not None:
+        return lambda a: to_directions(a, centre) @ directions.T
+    return lambda a: a.float() @ directions.T
 
 
 # -----------------------------------------------------------------------------
@@ -317,41 +399,55 @@ def ep_unit_scores(dictionary, centred: bool) -> Callable[[torch.Tensor], torch.
 
 def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, splits: list[ConceptSplit], *,
                    methods: Sequence[str] = ("ep", "diffmean", "probe", "random", "length"),
-                   percentiles: Sequence[float] = (1.0,), scope: str = "output", n_random: int = 3,
-                   sae_encode: Callable | None = None, sae_canonical: dict[int, int] | None = None,
-                   dictionaries: dict | None = None, seed: int = 0, progress: bool = True
-                   ) -> tuple[pd.DataFrame, dict]:
+                   dictionaries: Mapping[str, object] | None = None, bases: Sequence[str] = BASES,
+                   scope: str = "after_prefix", train_scope: str = "row", choose: str = "contrast",
+                   score: str = "dot", n_random: int = 3, sae_encode: Callable | None = None,
+                   sae_canonical: dict[int, int] | None = None, seed: int = 0, progress: bool = True,
+                   cache: dict | None = None) -> tuple[pd.DataFrame, dict]:
     """Choose every method's detector on ``train`` and score it on ``latent`` at ``layer``.
 
-    Returns a DataFrame (one row per method × concept: ``method, concept_id, layer, scope, auroc,
-    train_auroc, unit``) and an info dict (``seconds``: build time per method; ``dictionaries``).
-    EP methods are ``ep_p{p}_cos`` (centred cosine) and ``ep_p{p}_dot`` (h·e). SAE methods need
-    ``sae_encode`` ([n, d] -> [n, F]): ``sae_a`` is the best feature by training AUROC, ``sae`` the
-    feature ``sae_canonical`` names per concept (AxBench's Neuronpedia reference). EP dictionaries
-    are label-free, so ``dictionaries`` ({percentile: Dictionary}) from an earlier call are reused.
+    The defaults are the paper's protocol (module docstring); ``scope`` (tokens max-pooled at evaluation),
+    ``train_scope`` (tokens the choosers see), ``choose`` (``contrast`` or ``auroc``) and ``score`` (``dot`` or
+    ``cos``: how the chosen EP direction scores a token) give the controls. ``dictionaries`` ({name: Dictionary},
+    needed for ``ep``) give methods ``ep_{name}_{basis}``. SAE methods need ``sae_encode`` ([n, d] -> [n, F]):
+    ``sae_a`` is the feature with the best training AUROC, ``sae`` the feature ``sae_canonical`` names per
+    concept (AxBench's Neuronpedia reference). ``cache`` (a dict the caller keeps) holds the EP tables that do
+    not depend on the splits, so a rerun on resampled splits (``seed_spread``) skips them.
+
+    Returns a DataFrame (one row per method × concept: ``method, concept_id, layer, scope, auroc, train_score,
+    unit``; ``train_score`` is the chosen unit's contrast or training AUROC) and an info dict (``seconds``).
     """
+    for name, value, allowed in (("scope", scope, SCOPES), ("train_scope", train_scope, SCOPES),
+                                 ("choose", choose, ("contrast", "auroc")), ("score", score, ("dot", "cos"))):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    if "ep" in methods and not dictionaries:
+        raise ValueError("method 'ep' needs dictionaries={name: Dictionary} (e.g. from ep.build on a corpus)")
+    cache = {} if cache is None else cache
     xa, xe = train.acts[layer], latent.acts[layer]
-    ktr, kev = train.keep(scope), latent.keep(scope)
-    dictionaries = dict(dictionaries or {})
-    chosen: dict[str, list] = {}  # method -> per split (detector, train AUROC, unit)
+    ktr, kev = train.keep(train_scope), latent.keep(scope)
+    chosen: dict[str, list] = {}  # method -> per split (detector, training score, unit)
     seconds: dict[str, float] = {}
     rows = []
     for method in tqdm(methods, desc=f"layer {layer}", disable=not progress):
         t = time.perf_counter()
         if method == "ep":
-            for p in percentiles:
-                if p not in dictionaries:
+            for name, dic in dictionaries.items():
+                for b in bases:
                     t = time.perf_counter()
-                    dictionaries[p] = ep_dictionary(train, layer, p, seed)
-                    seconds[f"ep_p{p:g} dictionary"] = time.perf_counter() - t
-                dic = dictionaries[p]
-                for centred, tag in ((True, "cos"), (False, "dot")):
-                    t = time.perf_counter()
-                    scores = unit_row_scores(ep_unit_scores(dic, centred), xa, train.row, ktr, train.n_rows)
-                    centre = dic.centre if centred else None
-                    chosen[f"ep_p{p:g}_{tag}"] = [(LinearDetector(dic.exemplars[k], centre), a, k)
-                                                  for k, a in best_units(scores, splits)]
-                    seconds[f"ep_p{p:g}_{tag}"] = time.perf_counter() - t
+                    directions, centre = basis(dic, b), (dic.centre if score == "cos" else None)
+                    key = (layer, name, b, train_scope, choose, score)
+                    if key not in cache:  # the per-row tables the choice needs, the same for every concept
+                        if choose == "contrast":  # the paper: centred cosine, mean over tokens
+                            cache[key] = unit_row_sums(unit_scores(directions, dic.centre), xa, train.row, ktr,
+                                                       train.n_rows)
+                        else:  # control: max-pooled training AUROC of the detector itself
+                            cache[key] = unit_row_scores(unit_scores(directions, centre), xa, train.row, ktr,
+                                                         train.n_rows)
+                    picks = contrast_units(*cache[key], splits) if choose == "contrast" else best_units(cache[key],
+                                                                                                         splits)
+                    chosen[f"ep_{name}_{b}"] = [(LinearDetector(directions[k], centre), v, k) for k, v in picks]
+                    seconds[f"ep_{name}_{b}"] = time.perf_counter() - t
         elif method in ("diffmean", "probe"):
             fit = diffmean if method == "diffmean" else probe
             chosen[method] = [(fit(xa, train, ktr, s), np.nan, -1) for s in splits]
@@ -375,21 +471,25 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
         else:
             raise ValueError(f"unknown method {method!r}")
     for method, per_split in chosen.items():  # score every chosen detector on the evaluation rows
-        for split, (detector, train_auroc, unit) in zip(splits, per_split, strict=True):
-            pooled = max_pool(detector(xe), latent.row, kev, latent.n_rows).numpy()
+        pooled_cache: dict[int, np.ndarray] = {}  # a random direction is shared by all concepts
+        for split, (detector, train_score, unit) in zip(splits, per_split, strict=True):
+            key = id(detector)
+            if key not in pooled_cache:
+                pooled_cache[key] = max_pool(detector(xe), latent.row, kev, latent.n_rows).numpy()
+            pooled = pooled_cache[key]
             rows.append(_record(method, split, layer, scope, auroc(split.eval_labels, pooled[split.eval_rows]),
-                                train_auroc, unit))
+                                train_score, unit))
     results = pd.DataFrame.from_records(rows)
     rnd = results.method.str.startswith("random_")
     if rnd.any():  # the random floor: mean over seeds, per concept
         mean = results[rnd].groupby(["concept_id", "layer", "scope"], as_index=False).auroc.mean()
-        results = pd.concat([results[~rnd], mean.assign(method="random", train_auroc=np.nan, unit=-1)])
-    return results.reset_index(drop=True), {"seconds": seconds, "dictionaries": dictionaries}
+        results = pd.concat([results[~rnd], mean.assign(method="random", train_score=np.nan, unit=-1)])
+    return results.reset_index(drop=True), {"seconds": seconds}
 
 
-def _record(method, split, layer, scope, value, train_auroc=np.nan, unit=-1) -> dict:
+def _record(method, split, layer, scope, value, train_score=np.nan, unit=-1) -> dict:
     return {"method": method, "concept_id": split.concept_id, "layer": layer, "scope": scope,
-            "auroc": value, "train_auroc": train_auroc, "unit": unit}
+            "auroc": value, "train_score": train_score, "unit": unit}
 
 
 def summary(results: pd.DataFrame) -> pd.DataFrame:
@@ -397,3 +497,18 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
     g = results.groupby("method").auroc
     return pd.DataFrame({"mean_auroc": g.mean(), "std": g.std(), "min": g.min(), "n_concepts": g.size()}
                         ).sort_values("mean_auroc", ascending=False)
+
+
+def seed_spread(train: RowActivations, latent: RowActivations, layer: int, splits: list[ConceptSplit], *,
+                n_boot: int = 20, seed: int = 0, methods: Sequence[str] = ("ep", "diffmean", "random", "length"),
+                progress: bool = True, **options) -> pd.DataFrame:
+    """How far the mean AUROC moves with another draw of rows of the same size: ``n_boot`` bootstrap redraws
+    (``resample``) of every concept's training and evaluation rows, each run through ``evaluate_layer`` with
+    ``options``. → DataFrame (``boot``, ``method``, ``mean_auroc``): one mean over concepts per redraw."""
+    cache: dict = {}
+    out = []
+    for i in tqdm(range(n_boot), desc="redraws", disable=not progress):
+        results, _ = evaluate_layer(train, latent, layer, resample(splits, seed + i), methods=methods, seed=seed,
+                                    progress=False, cache=cache, **options)
+        out += [{"boot": i, "method": m, "mean_auroc": v} for m, v in summary(results).mean_auroc.items()]
+    return pd.DataFrame.from_records(out)
