@@ -191,8 +191,8 @@ def test_unit_row_sums_and_the_contrast_choice_match_a_token_level_reference():
     negative tokens, argmax) computed on the tokens themselves; rows outside the split do not count."""
     rows = _rows(n_rows=9, per_row=7, d=5, seed=3)
     rows.row[rows.row == 8] = 7  # rows of unequal length: means are over tokens, not rows
-    units = torch.randn(6, 5)
-    fn = lambda a: a @ units.T
+    units = torch.randn(6, 5, generator=torch.Generator().manual_seed(4))
+    fn = lambda a: a.double() @ units.T.double()
     keep = rows.keep("after_prefix")
     sums, counts = ax.unit_row_sums(fn, rows.acts[0], rows.row, keep, rows.n_rows, chunk_size=4)
     assert counts.tolist() == [6] * 7 + [12, 0]
@@ -206,14 +206,29 @@ def test_unit_row_sums_and_the_contrast_choice_match_a_token_level_reference():
     assert contrast == pytest.approx(scores[pos.numpy()].mean(0)[k] - scores[neg.numpy()].mean(0)[k])
 
 
-def test_diffmean_is_the_shared_diff_in_means():
+def test_diffmean_is_the_shared_diff_in_means_and_counts_a_redrawn_row_twice():
     rows, split = _planted()
-    keep = rows.keep("row")
+    keep = rows.keep("after_prefix")
     lab = torch.full((rows.n_rows,), -1)
     lab[split.train_rows] = torch.as_tensor(split.train_labels)
     lab = lab[rows.row]
-    want = diff_in_means(rows.acts[0][lab == 1], rows.acts[0][lab == 0])
+    want = diff_in_means(rows.acts[0][keep & (lab == 1)], rows.acts[0][keep & (lab == 0)])
     torch.testing.assert_close(ax.diffmean(rows.acts[0], rows, keep, split).direction, want)
+    twice = ax.ConceptSplit(0, "c", "text", np.array([1, 1, 3, 0]), np.array([1, 1, 1, 0]), split.eval_rows,
+                            split.eval_labels)
+    pos, neg = ax.training_tokens(rows, keep, twice)
+    assert rows.row[pos].tolist() == [1] * 5 + [1] * 5 + [3] * 5 and rows.row[neg].tolist() == [0] * 5
+    assert keep[pos].all() and keep[neg].all()
+
+
+def test_sae_a_picks_the_feature_that_carries_the_concept():
+    rows, split = _planted()
+    encode = lambda a: torch.relu(torch.cat([a, -a], dim=1))  # a toy encoder: 2d features
+    res, _ = ax.evaluate_layer(rows, rows, 0, [split], methods=("sae",), sae_encode=encode, progress=False,
+                               sae_canonical={0: 3})
+    got = res.set_index("method")
+    assert got.loc["sae_a", "unit"] == 3 and got.loc["sae_a", "auroc"] > 0.9
+    assert got.loc["sae", "auroc"] == got.loc["sae_a", "auroc"]
 
 
 def test_resample_redraws_within_labels_and_seed_spread_has_one_mean_per_redraw():
@@ -224,6 +239,11 @@ def test_resample_redraws_within_labels_and_seed_spread_has_one_mean_per_redraw(
         assert sorted(lab) == sorted(lab0)  # the same number of positives and negatives
         assert set(r[lab == 1]) <= set(r0[lab0 == 1]) and set(r[lab == 0]) <= set(r0[lab0 == 0])
     assert ax.resample([split], 1)[0].eval_rows.tolist() == again.eval_rows.tolist()  # seeded
+    [eval_only] = ax.resample([split], seed=1, rows="eval")
+    assert eval_only.train_rows.tolist() == split.train_rows.tolist()
+    assert eval_only.eval_rows.tolist() == again.eval_rows.tolist()
+    with pytest.raises(ValueError):
+        ax.resample([split], 1, rows="train")
     spread = ax.seed_spread(rows, rows, 0, [split], n_boot=3, dictionaries={"g": _generic_dictionary()},
                             n_random=1, progress=False)
     assert len(spread) == 3 * 5 and set(spread.method) == {"ep_g_exemplar", "ep_g_mean", "diffmean", "random",

@@ -215,10 +215,13 @@ def concept_splits(metadata: list[dict], train: pd.DataFrame, latent: pd.DataFra
     return splits
 
 
-def resample(splits: list[ConceptSplit], seed: int) -> list[ConceptSplit]:
-    """Bootstrap copies of the splits: each concept's training and evaluation rows redrawn with replacement
-    within each label. Rerunning the choice and the scoring on them shows how much the mean AUROC would move
-    with another draw of rows of the same size (the seed spread), without another forward pass."""
+def resample(splits: list[ConceptSplit], seed: int, rows: str = "both") -> list[ConceptSplit]:
+    """Bootstrap copies of the splits: each concept's evaluation rows (``rows="eval"``), or its training and
+    evaluation rows (``"both"``), redrawn with replacement within each label. Rerunning the choice and the
+    scoring on them shows how much the mean AUROC would move with another draw of rows of the same size (the
+    seed spread), without another forward pass."""
+    if rows not in ("eval", "both"):
+        raise ValueError(f"rows must be 'eval' or 'both', got {rows!r}")
     rng = np.random.default_rng(seed)
 
     def draw(rows: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -226,8 +229,13 @@ def resample(splits: list[ConceptSplit], seed: int) -> list[ConceptSplit]:
         i = np.concatenate(pick)
         return rows[i], labels[i]
 
-    return [ConceptSplit(s.concept_id, s.concept, s.genre, *draw(s.train_rows, s.train_labels),
-                         *draw(s.eval_rows, s.eval_labels)) for s in splits]
+    out = []
+    for s in splits:  # evaluation rows first: "eval" and "both" redraw them alike under one seed
+        eval_rows, eval_labels = draw(s.eval_rows, s.eval_labels)
+        train_rows, train_labels = draw(s.train_rows, s.train_labels) if rows == "both" else (s.train_rows,
+                                                                                                 s.train_labels)
+        out.append(ConceptSplit(s.concept_id, s.concept, s.genre, train_rows, train_labels, eval_rows, eval_labels))
+    return out
 
 
 # -----------------------------------------------------------------------------
@@ -332,25 +340,32 @@ def best_units(row_scores: torch.Tensor, splits: list[ConceptSplit]) -> list[tup
 # -----------------------------------------------------------------------------
 # the methods' direction choosers (training split only)
 
-def _token_labels(rows: RowActivations, split: ConceptSplit) -> torch.Tensor:
-    """[N] each token's row label for this concept: 1, 0, or -1 (row not in the concept's training set)."""
-    label = torch.full((rows.n_rows,), -1)
-    label[split.train_rows] = torch.as_tensor(split.train_labels)
-    return label[rows.row]
+def training_tokens(rows: RowActivations, keep: torch.Tensor, split: ConceptSplit) -> tuple[torch.Tensor, ...]:
+    """Indices of the kept tokens of the split's positive and of its negative training rows: ([n1], [n0]).
+    A row listed twice (a bootstrap redraw) contributes its tokens twice."""
+    order = torch.argsort(rows.row, stable=True)  # tokens grouped by row
+    counts = torch.bincount(rows.row, minlength=rows.n_rows)
+    starts = torch.cumsum(counts, 0) - counts
+    out = []
+    for label in (1, 0):
+        ids = [order[starts[r]:starts[r] + counts[r]] for r in split.train_rows[split.train_labels == label]]
+        idx = torch.cat(ids) if ids else torch.zeros(0, dtype=torch.long)
+        out.append(idx[keep[idx]])
+    return tuple(out)
 
 
 def diffmean(acts: torch.Tensor, rows: RowActivations, keep: torch.Tensor, split: ConceptSplit) -> LinearDetector:
     """Unit difference of the positive rows' token mean and the negative rows' (``diff_in_means``), score h·w."""
-    lab = _token_labels(rows, split)
-    return LinearDetector(diff_in_means(acts[keep & (lab == 1)], acts[keep & (lab == 0)]))
+    pos, neg = training_tokens(rows, keep, split)
+    return LinearDetector(diff_in_means(acts[pos], acts[neg]))
 
 
 def probe(acts: torch.Tensor, rows: RowActivations, keep: torch.Tensor, split: ConceptSplit,
           C: float = 0.1, max_iter: int = 300) -> LinearDetector:
     """Logistic regression on tokens (label = its row's), standardised features, balanced classes."""
-    lab = _token_labels(rows, split)
-    sel = keep & (lab >= 0)
-    x, y = acts[sel].double().numpy(), lab[sel].numpy()
+    pos, neg = training_tokens(rows, keep, split)
+    x = acts[torch.cat([pos, neg])].double().numpy()
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
     mu, sd = x.mean(0), x.std(0) + 1e-6
     clf = LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced").fit((x - mu) / sd, y)
     w = clf.coef_[0] / sd  # undo the standardisation: a plain linear score on raw h
@@ -436,7 +451,7 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
                 for b in bases:
                     t = time.perf_counter()
                     directions, centre = basis(dic, b), (dic.centre if score == "cos" else None)
-                    key = (layer, name, b, train_scope, choose, score)
+                    key = (layer, id(dic), b, train_scope, choose, score)
                     if key not in cache:  # the per-row tables the choice needs, the same for every concept
                         if choose == "contrast":  # the paper: centred cosine, mean over tokens
                             cache[key] = unit_row_sums(unit_scores(directions, dic.centre), xa, train.row, ktr,
@@ -463,18 +478,22 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
             if sae_encode is None:
                 continue  # no SAE available: the caller says why
             scores = unit_row_scores(sae_encode, xa, train.row, ktr, train.n_rows, chunk_size=512)
-            chosen["sae_a"] = [(FeatureDetector(sae_encode, k), a, k) for k, a in best_units(scores, splits)]
+            # every feature's max-pooled evaluation scores at once [eval rows, F]: one encoder pass, not one a concept
+            pooled_all = unit_row_scores(sae_encode, xe, latent.row, kev, latent.n_rows, chunk_size=512)
+            chosen["sae_a"] = [(pooled_all[:, k], a, k) for k, a in best_units(scores, splits)]
             seconds["sae_a"] = time.perf_counter() - t
             if sae_canonical:
-                chosen["sae"] = [(FeatureDetector(sae_encode, sae_canonical[s.concept_id]), np.nan,
-                                  sae_canonical[s.concept_id]) for s in splits]
+                chosen["sae"] = [(pooled_all[:, sae_canonical[s.concept_id]], np.nan, sae_canonical[s.concept_id])
+                                 for s in splits]
         else:
             raise ValueError(f"unknown method {method!r}")
     for method, per_split in chosen.items():  # score every chosen detector on the evaluation rows
         pooled_cache: dict[int, np.ndarray] = {}  # a random direction is shared by all concepts
         for split, (detector, train_score, unit) in zip(splits, per_split, strict=True):
             key = id(detector)
-            if key not in pooled_cache:
+            if isinstance(detector, torch.Tensor):  # already max-pooled row scores [eval rows]
+                pooled_cache[key] = detector.numpy()
+            elif key not in pooled_cache:
                 pooled_cache[key] = max_pool(detector(xe), latent.row, kev, latent.n_rows).numpy()
             pooled = pooled_cache[key]
             rows.append(_record(method, split, layer, scope, auroc(split.eval_labels, pooled[split.eval_rows]),
@@ -500,15 +519,17 @@ def summary(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def seed_spread(train: RowActivations, latent: RowActivations, layer: int, splits: list[ConceptSplit], *,
-                n_boot: int = 20, seed: int = 0, methods: Sequence[str] = ("ep", "diffmean", "random", "length"),
-                progress: bool = True, **options) -> pd.DataFrame:
+                n_boot: int = 20, seed: int = 0, rows: str = "both",
+                methods: Sequence[str] = ("ep", "diffmean", "random", "length"), progress: bool = True,
+                cache: dict | None = None, **options) -> pd.DataFrame:
     """How far the mean AUROC moves with another draw of rows of the same size: ``n_boot`` bootstrap redraws
-    (``resample``) of every concept's training and evaluation rows, each run through ``evaluate_layer`` with
-    ``options``. → DataFrame (``boot``, ``method``, ``mean_auroc``): one mean over concepts per redraw."""
-    cache: dict = {}
+    (``resample``) of every concept's evaluation rows (``rows="eval"``) or training and evaluation rows
+    (``"both"``), each run through ``evaluate_layer`` with ``options``.
+    → DataFrame (``boot``, ``method``, ``mean_auroc``): one mean over concepts per redraw."""
+    cache = {} if cache is None else cache
     out = []
-    for i in tqdm(range(n_boot), desc="redraws", disable=not progress):
-        results, _ = evaluate_layer(train, latent, layer, resample(splits, seed + i), methods=methods, seed=seed,
-                                    progress=False, cache=cache, **options)
+    for i in tqdm(range(n_boot), desc=f"redraws ({rows})", disable=not progress):
+        results, _ = evaluate_layer(train, latent, layer, resample(splits, seed + i, rows), methods=methods,
+                                    seed=seed, progress=False, cache=cache, **options)
         out += [{"boot": i, "method": m, "mean_auroc": v} for m, v in summary(results).mean_auroc.items()]
     return pd.DataFrame.from_records(out)
