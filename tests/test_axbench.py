@@ -249,6 +249,15 @@ def test_resample_redraws_within_labels_and_seed_spread_has_one_mean_per_redraw(
     assert len(spread) == 3 * 5 and set(spread.method) == {"ep_g_exemplar", "ep_g_mean", "diffmean", "random",
                                                           "length"}
     assert spread.groupby("method").boot.nunique().eq(3).all()
+    # redrawing evaluation rows only: the same numbers as rerunning everything on the redrawn splits
+    kw = dict(dictionaries={"g": _generic_dictionary()}, n_random=2)
+    fast = ax.seed_spread(rows, rows, 0, [split], n_boot=2, seed=7, rows="eval", progress=False, **kw)
+    for i in range(2):
+        again, _ = ax.evaluate_layer(rows, rows, 0, ax.resample([split], 7 + i, "eval"), progress=False, seed=7,
+                                     methods=("ep", "diffmean", "random", "length"), **kw)
+        want = ax.summary(again).mean_auroc
+        got = fast[fast.boot == i].set_index("method").mean_auroc
+        pd.testing.assert_series_equal(got.sort_index(), want.sort_index(), check_names=False)
 
 
 def test_linear_detector_centred_score_is_a_cosine():

@@ -430,7 +430,8 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
     not depend on the splits, so a rerun on resampled splits (``seed_spread``) skips them.
 
     Returns a DataFrame (one row per method × concept: ``method, concept_id, layer, scope, auroc, train_score,
-    unit``; ``train_score`` is the chosen unit's contrast or training AUROC) and an info dict (``seconds``).
+    unit``; ``train_score`` is the chosen unit's contrast or training AUROC) and an info dict: ``seconds`` per
+    method, ``pooled`` ({method: per split the max-pooled scores of every evaluation row}).
     """
     for name, value, allowed in (("scope", scope, SCOPES), ("train_scope", train_scope, SCOPES),
                                  ("choose", choose, ("contrast", "auroc")), ("score", score, ("dot", "cos"))):
@@ -442,6 +443,7 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
     xa, xe = train.acts[layer], latent.acts[layer]
     ktr, kev = train.keep(train_scope), latent.keep(scope)
     chosen: dict[str, list] = {}  # method -> per split (detector, training score, unit)
+    pooled_rows: dict[str, list] = {}  # method -> per split the row scores [eval rows] AUROC was taken on
     seconds: dict[str, float] = {}
     rows = []
     for method in tqdm(methods, desc=f"layer {layer}", disable=not progress):
@@ -474,6 +476,7 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
             lengths = latent.lengths(scope)
             rows += [_record("length", s, layer, scope, auroc(s.eval_labels, lengths[s.eval_rows]))
                      for s in splits]
+            pooled_rows["length"] = [lengths] * len(splits)
         elif method == "sae":
             if sae_encode is None:
                 continue  # no SAE available: the caller says why
@@ -496,14 +499,19 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
             elif key not in pooled_cache:
                 pooled_cache[key] = max_pool(detector(xe), latent.row, kev, latent.n_rows).numpy()
             pooled = pooled_cache[key]
+            pooled_rows.setdefault(method, []).append(pooled)
             rows.append(_record(method, split, layer, scope, auroc(split.eval_labels, pooled[split.eval_rows]),
                                 train_score, unit))
-    results = pd.DataFrame.from_records(rows)
+    return _merge_random(pd.DataFrame.from_records(rows)), {"seconds": seconds, "pooled": pooled_rows}
+
+
+def _merge_random(results: pd.DataFrame) -> pd.DataFrame:
+    """The random floor: random_0, random_1, ... become one method ``random``, the mean over seeds per concept."""
     rnd = results.method.str.startswith("random_")
-    if rnd.any():  # the random floor: mean over seeds, per concept
+    if rnd.any():
         mean = results[rnd].groupby(["concept_id", "layer", "scope"], as_index=False).auroc.mean()
         results = pd.concat([results[~rnd], mean.assign(method="random", train_score=np.nan, unit=-1)])
-    return results.reset_index(drop=True), {"seconds": seconds}
+    return results.reset_index(drop=True)
 
 
 def _record(method, split, layer, scope, value, train_score=np.nan, unit=-1) -> dict:
@@ -525,11 +533,21 @@ def seed_spread(train: RowActivations, latent: RowActivations, layer: int, split
     """How far the mean AUROC moves with another draw of rows of the same size: ``n_boot`` bootstrap redraws
     (``resample``) of every concept's evaluation rows (``rows="eval"``) or training and evaluation rows
     (``"both"``), each run through ``evaluate_layer`` with ``options``.
-    → DataFrame (``boot``, ``method``, ``mean_auroc``): one mean over concepts per redraw."""
+    With ``rows="eval"`` the choices do not change, so every method is chosen and scored once and only the
+    AUROCs are redrawn. → DataFrame (``boot``, ``method``, ``mean_auroc``): one mean over concepts per redraw."""
     cache = {} if cache is None else cache
     out = []
+    if rows == "eval":
+        base, info = evaluate_layer(train, latent, layer, splits, methods=methods, seed=seed, progress=False,
+                                    cache=cache, **options)
     for i in tqdm(range(n_boot), desc=f"redraws ({rows})", disable=not progress):
-        results, _ = evaluate_layer(train, latent, layer, resample(splits, seed + i, rows), methods=methods,
-                                    seed=seed, progress=False, cache=cache, **options)
+        redrawn = resample(splits, seed + i, rows)
+        if rows == "eval":
+            results = _merge_random(pd.DataFrame.from_records([
+                _record(m, s, layer, "", auroc(s.eval_labels, scores[s.eval_rows]))
+                for m, per_split in info["pooled"].items() for s, scores in zip(redrawn, per_split, strict=True)]))
+        else:
+            results, _ = evaluate_layer(train, latent, layer, redrawn, methods=methods, seed=seed, progress=False,
+                                        cache=cache, **options)
         out += [{"boot": i, "method": m, "mean_auroc": v} for m, v in summary(results).mean_auroc.items()]
     return pd.DataFrame.from_records(out)
