@@ -7,7 +7,7 @@ load it by the hub id ``ep-dry-run/tiny-gemma-2`` with ``HF_HUB_OFFLINE=1``: the
 layer (20) and ``check_claims=False``: random weights cannot meet the science asserts, but every shape and invariant
 assert still runs. Notebooks not listed here cannot run this way yet: 00 (its dictionaries are the published
 stand-ins of a real model), 04 (no check_claims; needs a chat template), 05 (no check_claims; a LoRA sibling of the
-base model), 06 and 07 (no check_claims; SAE training and AxBench templating). 08 has check_claims, but its dry
+base model), 06 (no check_claims; SAE training). 08 has check_claims, but its dry
 run (max_tokens 6000, 2 prompts) had not finished after ~13 min on the shared 2-core machine: too slow for CI as is.
 """
 
@@ -21,6 +21,8 @@ DRY_RUNS = {  # notebook -> parameters beyond the model, the layer and check_cla
     "01_activations": {"max_tokens": 6000},
     "02_dictionary": {},
     "03_ood": {},
+    "07_axbench": {"sweep_layers": [20], "n_train_pos": 8, "n_train_neg": 8, "n_eval": 4, "build_tokens": 2000,
+                   "calibration_docs": 20, "n_boot": 2, "sae_width": 64, "sae_steps": 5},
     "09_stability": {},
 }
 HUB_ID = "ep-dry-run/tiny-gemma-2"
