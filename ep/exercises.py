@@ -205,6 +205,9 @@ def _parent_inputs(rng: np.random.Generator) -> tuple:
     n, n_fine, n_coarse = int(rng.integers(20, 80)), int(rng.integers(3, 12)), int(rng.integers(2, 6))
     fine = rng.integers(0, n_fine - 1, size=n)  # the last fine region gets no token: its parent is -1
     coarse = np.where(rng.random(n) < 0.7, fine % n_coarse, rng.integers(0, n_coarse, size=n))
+    tied = np.flatnonzero(fine == 0)[:2 * (int((fine == 0).sum()) // 2)]  # fine region 0: an exact tie
+    fine[fine == 0] = 1
+    fine[tied], coarse[tied] = 0, np.resize([1, 0], len(tied))  # as many tokens in coarse 1 as in coarse 0
     return fine, coarse, n_fine
 
 
