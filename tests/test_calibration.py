@@ -1,16 +1,25 @@
 """Tests for ep.method.calibration: spherical centre, percentile threshold, cache."""
 
+import hashlib
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
+from calibration_data import synthetic_documents
 from scipy.spatial.distance import pdist
 
 from ep.method.calibration import (
     Calibration,
+    _blocked_percentile,
     batch_percentiles,
     cached_calibration,
     calibrate,
+    document_batches,
     key_hash,
+    pairwise_percentile,
     percentile_threshold,
     spherical_centre,
     to_directions,
@@ -154,3 +163,79 @@ def test_cache_hit_miss_and_key_mismatch(tmp_path):
     assert len(calls) == 4
     with pytest.raises(TypeError):
         cached_calibration({"x": 1}, lambda: 42, tmp_path)
+
+
+# -----------------------------------------------------------------------------
+# whole-document batches (the paper's protocol) and the exact percentile of large batches
+
+@pytest.mark.parametrize("p", [0.5, 1.0, 10.0, 50.0, 99.0])
+def test_blocked_percentile_equals_in_memory(p):
+    u = to_directions(_acts(500, 24, seed=5), spherical_centre(_acts(500, 24, seed=5)))
+    want = np.percentile(pdist(u.numpy().astype(np.float64), "cosine"), p)
+    in_memory = pairwise_percentile(u, p)
+    blocked = pairwise_percentile(u, p, max_pairs=1000, block_rows=128)  # forces the blocked path
+    assert in_memory == pytest.approx(want, abs=1e-6)
+    assert blocked == pytest.approx(in_memory, abs=1e-6)
+    assert _blocked_percentile(u, p, block_rows=100, sample=2) == pytest.approx(in_memory, abs=1e-6)  # bracket misses
+
+
+def test_pairwise_percentile_hand_example_and_errors():
+    u = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])  # distances 1, 2, 1
+    assert pairwise_percentile(u, 50) == 1.0
+    assert pairwise_percentile(u, 75) == pytest.approx(1.5)  # numpy's linear rule between the 2nd and 3rd value
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        pairwise_percentile(u[:1], 50)
+
+
+def test_document_batches_group_whole_documents_in_order():
+    doc = torch.tensor([5, 5, 5, 2, 9, 9, 7, 7, 7, 7])
+    assert [b.tolist() for b in document_batches(doc, 2)] == [[0, 1, 2, 3], [4, 5, 6, 7, 8, 9]]
+    assert [b.tolist() for b in document_batches(doc, 3)] == [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9]]
+    assert [b.tolist() for b in document_batches(doc, 100)] == [list(range(10))]
+    with pytest.raises(ValueError, match="contiguous"):
+        document_batches(torch.tensor([0, 0, 1, 0]), 2)
+    with pytest.raises(ValueError, match="docs_per_batch"):
+        document_batches(doc, 0)
+
+
+def test_calibrate_by_documents_is_the_mean_over_document_batches():
+    acts, doc = synthetic_documents("small")
+    cal = calibrate(SimpleNamespace(acts=torch.as_tensor(acts), doc=torch.as_tensor(doc)), 3.0, docs_per_batch=16)
+    assert (cal.protocol, cal.docs_per_batch) == ("documents", 16)
+    u = to_directions(acts, spherical_centre(acts)).numpy().astype(np.float64)
+    groups = [u[np.isin(doc, range(s, s + 16))] for s in range(0, doc.max() + 1, 16)]  # 16, 16, 8 documents
+    want = np.mean([np.percentile(pdist(x, "cosine"), 3.0) for x in groups])
+    assert cal.threshold == pytest.approx(want, abs=1e-6)
+    rows = calibrate(acts, 3.0)  # a plain array: shuffled rows (the control)
+    assert rows.protocol == "rows" and rows.docs_per_batch is None
+    assert abs(rows.threshold - cal.threshold) > 0.01  # the protocols differ on documents with topics
+    with pytest.raises(ValueError, match="needs each row's document"):
+        calibrate(acts, 3.0, protocol="documents")
+    with pytest.raises(ValueError, match="protocol must be"):
+        calibrate(acts, 3.0, protocol="shuffled")
+    with pytest.raises(ValueError, match="one document index per row"):
+        calibrate(acts, 3.0, doc=doc[:-1])
+
+
+OFFICIAL = json.loads((Path(__file__).parent / "data" / "official_calibration.json").read_text())
+
+
+TESTED = [c for c in OFFICIAL if c["case"] != "synthetic large" or (c["docs_per_batch"], c["percentile"]) == (16, 1.0)]
+
+
+@pytest.mark.parametrize("case", TESTED,
+                         ids=lambda c: f"{c['case']}-{c['docs_per_batch']}docs-p{c['percentile']:g}")
+def test_theta_equals_the_official_code(case):
+    """θ recorded from the official calibration code (benchmarks/official_calibration.py) on the same documents."""
+    acts, doc = synthetic_documents(case["case"].split()[-1])
+    assert hashlib.sha256(acts.tobytes()).hexdigest()[:16] == case["data_sha256"], "the synthetic data changed"
+    cal = calibrate(torch.as_tensor(acts), case["percentile"], doc=doc, docs_per_batch=case["docs_per_batch"])
+    assert cal.threshold == pytest.approx(case["official_theta"], abs=2e-6)
+
+
+def test_protocol_survives_save_and_load(tmp_path):
+    acts, doc = synthetic_documents("small")
+    cal = calibrate(acts, 2.0, doc=doc, docs_per_batch=8)
+    cal.save(tmp_path / "c.safetensors")
+    back = Calibration.load(tmp_path / "c.safetensors")
+    assert (back.protocol, back.docs_per_batch, back.threshold) == ("documents", 8, cal.threshold)

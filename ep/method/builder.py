@@ -199,7 +199,9 @@ class DictionaryBuilder:
                 "percentile": getattr(cal, "percentile", None),
                 "calibration_tokens": getattr(cal, "n_tokens", None),
                 "calibration_seed": getattr(cal, "seed", None),
-                "calibration_batch_size": getattr(cal, "batch_size", None), **self.meta,
+                "calibration_batch_size": getattr(cal, "batch_size", None),
+                "calibration_protocol": getattr(cal, "protocol", None),
+                "calibration_docs_per_batch": getattr(cal, "docs_per_batch", None), **self.meta,
                 "tokens_streamed": self.tokens, "num_regions": k, "n_samples": self.n_samples,
                 "schema_version": SCHEMA_VERSION,
                 "ep_version": __version__}

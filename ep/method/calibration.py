@@ -10,6 +10,12 @@ between centred directions (p1 = the 1st percentile: a small distance, many regi
 
 Both quantities are estimated once, on a calibration sample, and then frozen, so that
 the dictionary built later is a deterministic function of (data, calibration).
+
+How the calibration sample is cut into batches matters for θ (a percentile of *within-batch*
+distances). The paper's code (`ep/discovery/calibration.py` of the official repository) takes
+batches of **whole documents in stream order**, 128 documents per batch in its CLI; that is the
+default here whenever the rows know their document (an ``ActivationBatch``). Plain arrays are cut
+into shuffled batches of rows instead (the ``"rows"`` protocol, kept as a control).
 Calibrations are cheap to cache: `cached_calibration` keys a file by a hash of
 everything the calibration depends on. Files are safetensors + JSON, never pickle.
 """
@@ -27,7 +33,7 @@ import torch
 
 from .files import atomic_write_bytes, canonical_json, key_hash, load_arrays, save_arrays  # noqa: F401 (re-exported)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _META_KEY = "ep_calibration"  # the single key in the safetensors __metadata__
 
 
@@ -81,39 +87,152 @@ def _check_percentile(percentile: float) -> float:
     return p
 
 
-def batch_percentiles(directions, percentile: float, batch_size: int = 1024,
-                      seed: int = 0) -> np.ndarray:
+# -----------------------------------------------------------------------------
+# the p-th percentile of all pairwise cosine distances within one batch
+
+def _condensed_distances(u: torch.Tensor) -> torch.Tensor:
+    """u [b, d] unit rows -> [b(b-1)/2] float32 cosine distances of all pairs i < j (scipy's pdist order)."""
+    iu = torch.triu_indices(len(u), len(u), offset=1, device=u.device)
+    return (1.0 - (u @ u.T)[iu[0], iu[1]]).clamp(0, 2)
+
+
+def _lerp_percentile(order_stat: Callable[[int], float], n: int, p: float) -> float:
+    """numpy's default ('linear') percentile of n values, given a function that returns the k-th smallest."""
+    position = p / 100.0 * (n - 1)
+    lo = int(np.floor(position))
+    low = order_stat(lo)
+    if lo + 1 >= n or position == lo:
+        return low
+    return low + (position - lo) * (order_stat(lo + 1) - low)
+
+
+def _blocked_percentile(u: torch.Tensor, p: float, block_rows: int, sample: int = 200_000) -> float:
+    """The same percentile without holding all b(b-1)/2 distances: exact order statistics in one streamed pass.
+
+    Distance 1 - s falls as similarity s rises, so the r-th smallest distance is 1 - (the r-th largest
+    similarity). A random sample of pairs brackets the wanted similarities; one pass over the Gram matrix, a
+    block of rows at a time, counts the pairs above the bracket and keeps those inside it; the wanted ranks
+    are then read off the sorted kept values. If the bracket missed (a rare unlucky sample), the failing side
+    is opened and the pass repeated, so the answer is always exact. Memory: one [block_rows, b] block.
     """
-    The p-th percentile of within-batch pairwise cosine distances, one per batch.
-    Rows are shuffled with `seed` and split into batches of `batch_size`; the ragged
-    tail is dropped when at least one full batch exists (else one batch of all rows).
-    Returns [n_batches] float64.
+    b = len(u)
+    n = b * (b - 1) // 2
+    position = p / 100.0 * (n - 1)
+    ranks = [int(np.floor(position)), min(int(np.floor(position)) + 1, n - 1)]  # from the top, in similarity
+
+    g = torch.Generator().manual_seed(0)
+    i = torch.randint(0, b, (sample,), generator=g)
+    j = torch.randint(0, b - 1, (sample,), generator=g)
+    j += (j >= i).long()                                                  # a uniform pair i != j
+    sampled = (u[i] * u[j]).sum(1).sort(descending=True).values          # [sample]
+    spread = 6.0 * np.sqrt(max(ranks[1] / n * (1 - ranks[0] / n), 1e-12) * sample) + 20
+    high = float(sampled[max(0, int(ranks[0] / n * sample - spread))])
+    low = float(sampled[min(sample - 1, int(np.ceil(ranks[1] / n * sample + spread)))])
+    below_diagonal = torch.ones(block_rows, block_rows, dtype=torch.bool, device=u.device).tril()
+
+    while True:
+        above, kept = 0, []
+        for r0 in range(0, b - 1, block_rows):
+            sims = u[r0:r0 + block_rows] @ u[r0:].T                      # [rows, b - r0]; column c is row r0 + c
+            rows = sims.shape[0]
+            sims[:, :rows].masked_fill_(below_diagonal[:rows, :rows], float("nan"))  # pairs j <= i: not counted
+            above += int((sims > high).sum())
+            kept.append(sims[(sims >= low) & (sims <= high)].cpu())
+        kept = torch.cat(kept).sort(descending=True).values
+        if above <= ranks[0] and ranks[1] < above + len(kept):
+            break
+        if above > ranks[0]:
+            high = float("inf")
+        if ranks[1] >= above + len(kept):
+            low = -float("inf")
+
+    def order_stat(rank: int) -> float:  # the rank-th smallest distance, as the reference computes it
+        return float((1.0 - kept[rank - above]).clamp(0, 2))
+
+    return _lerp_percentile(order_stat, n, p)
+
+
+def pairwise_percentile(directions, percentile: float, max_pairs: int = 2**24, block_rows: int = 1024) -> float:
+    """The p-th percentile (numpy's 'linear' rule) of the cosine distances of all pairs of rows, exactly.
+
+    Up to ``max_pairs`` pairs the condensed distances are held in memory and handed to numpy; above it
+    (128 documents of 128 tokens are 134M pairs, which torch.quantile refuses and which would take ~1 GB
+    in float64) the same order statistics are found block by block (``_blocked_percentile``).
+
+    >>> u = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])   # distances 1, 2, 1
+    >>> pairwise_percentile(u, 50)
+    1.0
+    """
+    p = _check_percentile(percentile)
+    u = check_acts(directions, name="directions").float()
+    if len(u) < 2:
+        raise ValueError(f"need at least 2 rows to measure pairwise distances, got {len(u)}")
+    if len(u) * (len(u) - 1) // 2 <= max_pairs:
+        return float(np.percentile(_condensed_distances(u).double().cpu().numpy(), p))
+    return _blocked_percentile(u, p, block_rows)
+
+
+# -----------------------------------------------------------------------------
+# calibration batches: whole documents in stream order (the paper) or shuffled rows (control)
+
+def document_batches(doc, docs_per_batch: int) -> list[torch.Tensor]:
+    """Row indices of consecutive groups of ``docs_per_batch`` whole documents, in stream order.
+
+    ``doc`` [N] is each row's document index; a document's rows must be contiguous (as an extractor
+    yields them). The last group may hold fewer documents.
+
+    >>> [b.tolist() for b in document_batches(torch.tensor([0, 0, 1, 2, 2, 2]), 2)]
+    [[0, 1, 2], [3, 4, 5]]
+    """
+    if docs_per_batch < 1:
+        raise ValueError(f"docs_per_batch must be >= 1, got {docs_per_batch}")
+    doc = torch.as_tensor(doc).reshape(-1).cpu()
+    if len(doc) == 0:
+        return []
+    runs = torch.unique_consecutive(doc, return_counts=True)[1]          # rows per document, in order
+    if len(runs) != len(torch.unique(doc)):
+        raise ValueError("each document's rows must be contiguous (stream order), "
+                         "but some document appears in more than one run of rows")
+    group = torch.arange(len(runs)) // docs_per_batch                   # [n_docs] batch of each document
+    sizes = torch.zeros(int(group[-1]) + 1, dtype=torch.int64).index_add_(0, group, runs)
+    return list(torch.arange(len(doc)).split(sizes.tolist()))
+
+
+def row_batches(n: int, batch_size: int, seed: int) -> list[torch.Tensor]:
+    """Shuffled batches of ``batch_size`` rows (seeded); the ragged tail is dropped when a full batch exists."""
+    if batch_size < 2:
+        raise ValueError(f"batch_size must be >= 2, got {batch_size}")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    b = min(batch_size, n)
+    return list(perm[: n // b * b].split(b))
+
+
+def batch_percentiles(directions, percentile: float, batch_size: int = 1024, seed: int = 0,
+                      batches: list[torch.Tensor] | None = None) -> np.ndarray:
+    """
+    The p-th percentile of within-batch pairwise cosine distances, one per batch -> [n_batches] float64.
+    ``batches`` are row indices (e.g. ``document_batches``); by default the rows are shuffled with ``seed``
+    and cut into ``row_batches`` of ``batch_size``. Batches of fewer than 2 rows are skipped.
     """
     p = _check_percentile(percentile)
     u = check_acts(directions, name="directions").float()  # [N, d]
-    if batch_size < 2:
-        raise ValueError(f"batch_size must be >= 2, got {batch_size}")
-    n = u.shape[0]
-    if n < 2:
-        raise ValueError(f"need at least 2 rows to measure pairwise distances, got {n}")
-    g = torch.Generator().manual_seed(seed)
-    perm = torch.randperm(n, generator=g).to(u.device)
-    b = min(batch_size, n)
-    n_batches = n // b
-    iu = torch.triu_indices(b, b, offset=1, device=u.device)  # strict upper triangle
-    out = np.empty(n_batches, dtype=np.float64)
-    for i in range(n_batches):
-        x = u[perm[i * b:(i + 1) * b]]                       # [b, d]
-        dist = (1.0 - (x @ x.T)[iu[0], iu[1]]).clamp(0, 2)   # [b(b-1)/2] condensed pdist
-        # numpy, not torch.quantile: the latter refuses inputs > 2**24 elements
-        out[i] = np.percentile(dist.double().cpu().numpy(), p)
-    return out
+    if u.shape[0] < 2:
+        raise ValueError(f"need at least 2 rows to measure pairwise distances, got {u.shape[0]}")
+    if batches is None:
+        batches = row_batches(u.shape[0], batch_size, seed)
+    values = [pairwise_percentile(u[rows.to(u.device)], p) for rows in batches if len(rows) >= 2]
+    if not values:
+        raise ValueError("no calibration batch holds 2 or more rows")
+    return np.array(values, dtype=np.float64)
 
 
-def percentile_threshold(directions, percentile: float, batch_size: int = 1024,
-                         seed: int = 0) -> float:
+def percentile_threshold(directions, percentile: float, batch_size: int = 1024, seed: int = 0,
+                         batches: list[torch.Tensor] | None = None) -> float:
     """θ = mean over calibration batches of the p-th percentile of pairwise cosine distance."""
-    return float(batch_percentiles(directions, percentile, batch_size, seed).mean())
+    return float(batch_percentiles(directions, percentile, batch_size, seed, batches).mean())
+
+
+PROTOCOLS = ("documents", "rows")
 
 
 @dataclass(eq=False)
@@ -125,6 +244,8 @@ class Calibration:
     batch_size: int = 1024
     seed: int = 0
     meta: dict = field(default_factory=dict)  # provenance: model, layer, extractor params...
+    protocol: str = "rows"            # how θ's batches were cut: "documents" (the paper) or "rows"
+    docs_per_batch: int | None = None  # documents per batch under the "documents" protocol
 
     @property
     def dim(self) -> int:
@@ -136,7 +257,8 @@ class Calibration:
 
     def __repr__(self) -> str:
         return (f"Calibration(dim={self.dim}, threshold={self.threshold:.6g}, "
-                f"percentile={self.percentile:g}, n_tokens={self.n_tokens}, meta={self.meta})")
+                f"percentile={self.percentile:g}, n_tokens={self.n_tokens}, protocol={self.protocol!r}, "
+                f"meta={self.meta})")
 
     def save(self, path, key: dict | None = None) -> None:
         _save(self, Path(path), key)
@@ -149,25 +271,55 @@ class Calibration:
                            percentile=float(meta.get("percentile") or "nan"),
                            n_tokens=int(meta.get("calibration_tokens") or 0),
                            batch_size=int(meta.get("calibration_batch_size") or 1024),
-                           seed=int(meta.get("calibration_seed") or 0))
+                           seed=int(meta.get("calibration_seed") or 0),
+                           protocol=meta.get("calibration_protocol") or "rows",
+                           docs_per_batch=meta.get("calibration_docs_per_batch"))
 
     @staticmethod
     def load(path) -> Calibration:
         return _load(Path(path))[0]
 
 
-def calibrate(acts, percentile: float, batch_size: int = 1024, seed: int = 0,
-              meta: dict | None = None) -> Calibration:
-    """acts [N, d] raw activations -> Calibration (centre + threshold)."""
+def calibrate(acts, percentile: float, batch_size: int = 1024, seed: int = 0, meta: dict | None = None, *,
+              docs_per_batch: int = 128, protocol: str | None = None, doc=None) -> Calibration:
+    """Raw activations -> Calibration: the spherical centre of all rows and θ at the p-th percentile.
+
+    ``acts`` is an ``ActivationBatch`` (rows that know their document) or an array [N, d] (then pass
+    ``doc`` [N] to batch by documents). ``protocol``:
+    - ``"documents"`` (the default when documents are known; the paper's): θ = mean over batches of
+      ``docs_per_batch`` whole documents in stream order of the within-batch p-th percentile;
+    - ``"rows"`` (the default for a plain array): batches of ``batch_size`` rows shuffled with ``seed``.
+
+    >>> a = torch.tensor([[3.0, 1.0], [3.0, -1.0], [1.0, 3.0], [-1.0, 3.0]])
+    >>> cal = calibrate(a, 50, doc=[0, 0, 1, 1])          # one batch holding both documents
+    >>> cal.centre.tolist(), round(cal.threshold, 4), cal.protocol
+    ([1.5, 1.5], 1.7412, 'documents')
+    """
     p = _check_percentile(percentile)
+    if doc is None and hasattr(acts, "acts") and hasattr(acts, "doc"):  # an ActivationBatch
+        acts, doc = acts.acts, acts.doc
+    protocol = protocol or ("rows" if doc is None else "documents")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "documents" and doc is None:
+        raise ValueError("the 'documents' protocol needs each row's document: pass an ActivationBatch "
+                         "(ep.token_activations) or doc=[N] indices, or use protocol='rows'")
     a = check_acts(acts)
     centre = spherical_centre(a)
-    theta = percentile_threshold(to_directions(a, centre), p, batch_size, seed)
+    if protocol == "documents":
+        doc = torch.as_tensor(doc)
+        if doc.shape != (a.shape[0],):
+            raise ValueError(f"doc must hold one document index per row ({a.shape[0]}), got shape {tuple(doc.shape)}")
+        batches = document_batches(doc, docs_per_batch)
+    else:
+        batches = row_batches(a.shape[0], batch_size, seed)
+    theta = percentile_threshold(to_directions(a, centre), p, batches=batches)
     if not theta > 1e-6:  # fp32 rounding puts identical directions at |distance| ~ 1e-7
         raise ValueError(f"degenerate threshold θ = {theta:.3g}: over {p:g}% of calibration pairs are "
                          "(near-)identical, e.g. repeated BOS activations; drop them or raise the percentile")
     return Calibration(centre=centre, threshold=theta, percentile=p, n_tokens=int(a.shape[0]),
-                       batch_size=int(batch_size), seed=int(seed), meta=dict(meta or {}))
+                       batch_size=int(batch_size), seed=int(seed), meta=dict(meta or {}), protocol=protocol,
+                       docs_per_batch=int(docs_per_batch) if protocol == "documents" else None)
 
 
 # -----------------------------------------------------------------------------
@@ -176,14 +328,15 @@ def calibrate(acts, percentile: float, batch_size: int = 1024, seed: int = 0,
 def _save(cal: Calibration, path: Path, key: dict | None) -> None:
     info = {"schema_version": SCHEMA_VERSION, "threshold": float(cal.threshold),
             "percentile": float(cal.percentile), "n_tokens": int(cal.n_tokens),
-            "batch_size": int(cal.batch_size), "seed": int(cal.seed), "meta": cal.meta, "key": key}
+            "batch_size": int(cal.batch_size), "seed": int(cal.seed), "meta": cal.meta, "key": key,
+            "protocol": cal.protocol, "docs_per_batch": cal.docs_per_batch}
     save_arrays(path, {"centre": cal.centre.float()}, info, _META_KEY)
 
 
 def _load(path: Path) -> tuple[Calibration, dict | None]:
     try:
         tensors, info = load_arrays(path, _META_KEY)
-        if info.get("schema_version") != SCHEMA_VERSION:
+        if info.get("schema_version") not in (1, SCHEMA_VERSION):  # 1: before protocols (always "rows")
             raise ValueError(f"schema version {info.get('schema_version')} != {SCHEMA_VERSION}")
         centre = tensors["centre"]
         if centre.ndim != 1 or centre.dtype != torch.float32:
@@ -191,7 +344,8 @@ def _load(path: Path) -> tuple[Calibration, dict | None]:
         cal = Calibration(centre=centre, threshold=float(info["threshold"]),
                           percentile=float(info["percentile"]), n_tokens=int(info["n_tokens"]),
                           batch_size=int(info["batch_size"]), seed=int(info["seed"]),
-                          meta=info["meta"])
+                          meta=info["meta"], protocol=info.get("protocol", "rows"),
+                          docs_per_batch=info.get("docs_per_batch"))
     except Exception as e:
         raise ValueError(f"{path}: not a valid calibration file ({type(e).__name__}: {e})") from e
     return cal, info.get("key")

@@ -44,6 +44,7 @@ class BuildConfig:
     layer: int
     percentile: float = 1.0
     calibration_docs: int = 100  # texts used only for the centre and θ (the paper: ~200k tokens)
+    docs_per_batch: int = 128    # θ: mean over batches of this many whole calibration texts (the paper's CLI)
     max_tokens: int | None = 20_000  # tokens streamed into the build (the paper: 10M)
     context_length: int = 64     # tokens per text, BOS included (the paper: 128)
     batch_size: int = 16         # texts per forward pass
@@ -62,10 +63,13 @@ def model_fingerprint(model) -> str:
 
 
 def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, calibration_docs: int = 100,
-          max_tokens: int | None = 20_000, context_length: int = 64, batch_size: int = 16, seed: int = 0,
-          n_samples: int = 8, checkpoint=None, progress: bool = True) -> Dictionary:
+          docs_per_batch: int = 128, max_tokens: int | None = 20_000, context_length: int = 64,
+          batch_size: int = 16, seed: int = 0, n_samples: int = 8, checkpoint=None,
+          progress: bool = True) -> Dictionary:
     """Calibrate on the first ``calibration_docs`` texts, stream the rest through leader clustering -> Dictionary.
 
+    θ follows the paper's protocol: the mean over batches of ``docs_per_batch`` whole calibration texts, in
+    order, of the p-th percentile of within-batch pairwise cosine distances (``ep.calibrate``).
     ``texts`` is any iterable of strings (``ep.data.corpus()`` streams Wikipedia); document indices in the
     dictionary's contexts count from the first *streamed* text. ``checkpoint`` makes a long build resumable
     (see ``ep.build_dictionary``). ``ep.Calibration.of(d)`` gives back the calibration the build used.
@@ -76,15 +80,18 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
         raise ValueError(f"need at least 2 calibration texts, got {len(calibration_texts)}")
     name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
     config = BuildConfig(model=name, model_fingerprint=model_fingerprint(model), layer=int(layer),
-                         percentile=float(percentile), calibration_docs=len(calibration_texts), max_tokens=max_tokens,
+                         percentile=float(percentile), calibration_docs=len(calibration_texts),
+                         docs_per_batch=int(docs_per_batch), max_tokens=max_tokens,
                          context_length=context_length, batch_size=batch_size, seed=seed, n_samples=n_samples)
     extract = dict(context_length=context_length, batch_size=batch_size, progress=progress)
     key = {**asdict(config), "max_tokens": None, "n_samples": None, "ep_version": None,  # not what θ depends on
-           "texts": hashlib.sha256("\x00".join(calibration_texts).encode()).hexdigest(), "extractor": "token"}
+           "texts": hashlib.sha256("\x00".join(calibration_texts).encode()).hexdigest(), "extractor": "token",
+           "calibration_protocol": "documents"}
 
     def compute() -> Calibration:
-        acts = token_activations(model, calibration_texts, layer, desc="calibration", **extract).acts
-        return calibrate(acts, percentile, seed=seed, meta={"model": name, "layer": int(layer)})
+        batch = token_activations(model, calibration_texts, layer, desc="calibration", **extract)
+        return calibrate(batch, percentile, seed=seed, docs_per_batch=docs_per_batch,
+                         meta={"model": name, "layer": int(layer)})
 
     calibration = cached_calibration(key, compute, cache_dir() / "calibrations")
     streamed: list[str] = []
