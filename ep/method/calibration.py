@@ -39,7 +39,7 @@ _META_KEY = "ep_calibration"  # the single key in the safetensors __metadata__
 
 def check_acts(acts, dim: int | None = None, name: str = "acts", allow_empty: bool = False) -> torch.Tensor:
     """numpy / torch [N, d] -> float torch tensor (no copy if possible), with clear errors."""
-    t = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.asarray(acts))
+    t = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(acts))
     if t.ndim != 2 or (dim is not None and t.shape[1] != dim):
         raise ValueError(f"{name} must have shape [N, {dim or 'd'}], got {tuple(t.shape)}")
     if t.shape[0] == 0 and not allow_empty:

@@ -50,6 +50,7 @@ class BuildConfig:
     batch_size: int = 16         # texts per forward pass
     seed: int = 0
     n_samples: int = 8           # nearest and farthest members kept per region
+    saturation_window: int | None = None  # stop after this many batches without a new region (None: never)
     data_source: str = field(default_factory=source)  # the offline mirror or upstream (ep.data.source)
     ep_version: str = __version__
 
@@ -65,14 +66,15 @@ def model_fingerprint(model) -> str:
 def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, calibration_docs: int = 100,
           docs_per_batch: int = 128, max_tokens: int | None = 20_000, context_length: int = 64,
           batch_size: int = 16, seed: int = 0, n_samples: int = 8, checkpoint=None,
-          progress: bool = True) -> Dictionary:
+          saturation_window: int | None = None, on_batch=None, progress: bool = True) -> Dictionary:
     """Calibrate on the first ``calibration_docs`` texts, stream the rest through leader clustering -> Dictionary.
 
     θ follows the paper's protocol: the mean over batches of ``docs_per_batch`` whole calibration texts, in
     order, of the p-th percentile of within-batch pairwise cosine distances (``ep.calibrate``).
     ``texts`` is any iterable of strings (``ep.data.corpus()`` streams Wikipedia); document indices in the
     dictionary's contexts count from the first *streamed* text. ``checkpoint`` makes a long build resumable
-    (see ``ep.build_dictionary``). ``ep.Calibration.of(d)`` gives back the calibration the build used.
+    (see ``ep.build_dictionary``), as do ``saturation_window`` (the official stop rule: no new region in that
+    many batches) and ``on_batch(tokens, regions)``. ``ep.Calibration.of(d)`` gives back the calibration.
     """
     texts = iter(texts)
     calibration_texts = list(itertools.islice(texts, calibration_docs))
@@ -82,9 +84,11 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
     config = BuildConfig(model=name, model_fingerprint=model_fingerprint(model), layer=int(layer),
                          percentile=float(percentile), calibration_docs=len(calibration_texts),
                          docs_per_batch=int(docs_per_batch), max_tokens=max_tokens,
-                         context_length=context_length, batch_size=batch_size, seed=seed, n_samples=n_samples)
+                         context_length=context_length, batch_size=batch_size, seed=seed, n_samples=n_samples,
+                         saturation_window=saturation_window)
     extract = dict(context_length=context_length, batch_size=batch_size, progress=progress)
     key = {**asdict(config), "max_tokens": None, "n_samples": None, "ep_version": None,  # not what θ depends on
+           "saturation_window": None,
            "texts": hashlib.sha256("\x00".join(calibration_texts).encode()).hexdigest(), "extractor": "token",
            "calibration_protocol": "documents"}
 
@@ -99,7 +103,7 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
     stream = iter_token_activations(model, recorded, layer, max_tokens=max_tokens, **extract)
     meta = {"config": asdict(config), "model": name, "layer": int(layer), "context_length": context_length}
     dictionary = build_dictionary(stream, calibration, n_samples=n_samples, progress=progress, meta=meta,
-                                  checkpoint=checkpoint)
+                                  checkpoint=checkpoint, saturation_window=saturation_window, on_batch=on_batch)
     dictionary.meta["texts_read"] = len(calibration_texts) + len(streamed)  # held-out text starts after these
     return dictionary.with_contexts(_lookup(model.tokenizer, streamed, dictionary, context_length))
 

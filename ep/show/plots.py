@@ -82,3 +82,29 @@ def rates(labels: list[str], series: dict[str, tuple], xlabel: str = "rate", tit
     ax.set(xlabel=xlabel, title=title)
     ax.legend(fontsize="small", loc="best")
     return ax
+
+
+def circle_partition(points: np.ndarray, exemplars, threshold: float, title: str = "", ax=None):
+    """Leader clustering on the unit circle: points [N, 2] coloured by their nearest exemplar (the Voronoi cell),
+    exemplars as stars with their θ-caps (the arc within cosine distance θ) drawn outside the circle, and the
+    cell boundaries (halfway between neighbouring exemplars) as dashed spokes."""
+    ax = _axes(ax)
+    exemplars = np.asarray(exemplars)
+    angle = np.arctan2(points[:, 1], points[:, 0])                  # [N]
+    ex_angle = angle[exemplars]                                      # [K]
+    cell = np.argmax(points @ points[exemplars].T, axis=1)           # [N] nearest exemplar
+    colours = plt.cm.tab10(np.arange(len(exemplars)) % 10)
+    t = np.linspace(0, 2 * np.pi, 400)
+    ax.plot(np.cos(t), np.sin(t), color="0.85", lw=1, zorder=0)
+    half = np.arccos(np.clip(1.0 - threshold, -1.0, 1.0))            # cap half-angle: cos = 1 - θ
+    for k, a in enumerate(np.sort(ex_angle)):
+        nxt = np.sort(ex_angle)[(k + 1) % len(ex_angle)] + (2 * np.pi if k + 1 == len(ex_angle) else 0)
+        mid = (a + nxt) / 2                                           # boundary between neighbouring cells
+        ax.plot([0, 1.2 * np.cos(mid)], [0, 1.2 * np.sin(mid)], color="0.6", ls="--", lw=0.8, zorder=1)
+    for k, a in enumerate(ex_angle):
+        arc = np.linspace(a - half, a + half, 50)
+        ax.plot(1.12 * np.cos(arc), 1.12 * np.sin(arc), color=colours[k], lw=4, alpha=0.6, solid_capstyle="butt")
+    ax.scatter(points[:, 0], points[:, 1], c=colours[cell], s=18, zorder=2)
+    ax.scatter(np.cos(ex_angle), np.sin(ex_angle), marker="*", s=260, c=colours, edgecolors="k", zorder=3)
+    ax.set(aspect="equal", xlim=(-1.3, 1.3), ylim=(-1.3, 1.3), xticks=[], yticks=[], title=title)
+    return ax
