@@ -28,12 +28,14 @@ def repository_url() -> str:
 
 
 def _link_repo_files(path: Path, repo: str) -> None:
-    """Markdown links from a notebook to repo files (../benchmarks/x.py) point at the repository in the book."""
+    """Markdown links from a notebook to repo files (../benchmarks/x.py) point at the repository in the book; links
+    to docs/ pages (../docs/glossary.md#exemplar) point at the book's own page."""
     nb = json.loads(path.read_text())
     for cell in nb["cells"]:
         if cell["cell_type"] == "markdown":
-            text = "".join(cell["source"])
-            cell["source"] = re.sub(r"\]\(\.\./([^)\s]+)\)", lambda m: f"]({repo}/blob/main/{m.group(1)})", text)
+            text = re.sub(r"\]\(\.\./(?!docs/)([^)\s]+)\)", lambda m: f"]({repo}/blob/main/{m.group(1)})",
+                          "".join(cell["source"]))
+            cell["source"] = re.sub(r"\]\(\.\./docs/", "](../", text)  # the guide and glossary are pages of the book
     path.write_text(json.dumps(nb))
 
 

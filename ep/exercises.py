@@ -84,6 +84,21 @@ def _coherence(members: np.ndarray) -> float:
     return float(np.linalg.norm(members.sum(axis=0)) / len(members))
 
 
+def _most_coherent(counts: np.ndarray, coherence: np.ndarray, n: int, min_members: int) -> np.ndarray:
+    """The n most coherent regions among those with at least min_members members, most coherent first."""
+    eligible = np.flatnonzero(counts >= min_members)
+    return eligible[np.argsort(-coherence[eligible], kind="stable")[:n]]
+
+
+def _place_tokens(acts: np.ndarray, centre: np.ndarray, exemplars: np.ndarray, theta: float) -> np.ndarray:
+    """Each raw row's region (the nearest exemplar in centred cosine, ties: the lowest id), or -1 where even the
+    nearest exemplar is farther than θ: in the stream, that token would have founded a new region."""
+    x = acts - centre
+    sim = (x / np.linalg.norm(x, axis=1, keepdims=True)) @ exemplars.T
+    region = np.argmax(sim, axis=1)
+    return np.where(1.0 - sim.max(axis=1) > theta, -1, region)
+
+
 def _hungarian(cos: np.ndarray, cutoff: float) -> set[tuple[int, int]]:
     """One-to-one pairs maximising the total cosine, kept where cosine >= cutoff."""
     rows, cols = linear_sum_assignment(-cos)
@@ -122,6 +137,34 @@ def _concept_region(pos_cos: np.ndarray, neg_cos: np.ndarray) -> int:
 
 # -----------------------------------------------------------------------------
 # input generators
+
+def _coherent_inputs(rng: np.random.Generator) -> tuple:
+    k, min_members = int(rng.integers(20, 80)), int(rng.integers(2, 7))
+    counts = rng.geometric(0.25, size=k)
+    coherence = rng.uniform(0.2, 0.95, size=k)
+    counts[rng.choice(k, size=3, replace=False)] = [1, min_members, min_members + 1]
+    coherence[counts == 1] = 1.0  # a 1-member region is perfectly coherent by definition
+    coherence[np.flatnonzero(counts == min_members)[0]] = 0.97  # a region exactly at the cut ranks near the top
+    return counts, coherence, int(rng.integers(3, 10)), min_members
+
+
+def _place_inputs(rng: np.random.Generator) -> tuple:
+    if rng.random() < 0.5:  # exact ties at θ: dyadic directions whose cosines are exactly 0, ±0.5, ±1
+        half = np.array([[a, b, c, e] for a in (.5, -.5) for b in (.5, -.5) for c in (.5, -.5) for e in (.5, -.5)])
+        rows = np.concatenate([np.eye(4), -np.eye(4), half])
+        while True:  # until some token's nearest exemplar is exactly θ = 0.5 away
+            exemplars = rows[rng.choice(len(rows), size=int(rng.integers(3, 8)), replace=False)]
+            tokens = rows[rng.integers(0, len(rows), size=int(rng.integers(20, 40)))]
+            if (1 - (tokens @ exemplars.T).max(axis=1) == 0.5).any():
+                break
+        centre = (rng.integers(3, 7, size=4) * rng.choice([-1, 1], size=4)).astype(np.float64)  # never -2·token
+        return centre + 2.0 * tokens, centre, exemplars, 0.5
+    acts = _acts(rng)
+    centre = acts.mean(axis=0) * rng.uniform(0.8, 1.0)
+    exemplars = _unit(rng.normal(size=(int(rng.integers(3, 10)), acts.shape[1])))
+    nearest = 1 - (_unit(acts - centre) @ exemplars.T).max(axis=1)
+    return acts, centre, exemplars, float(np.quantile(nearest, rng.uniform(0.3, 0.7)))  # some tokens are new
+
 
 def _leader_inputs(rng: np.random.Generator) -> tuple:
     if rng.random() < 0.5:  # exact ties: dyadic unit vectors whose cosines are exactly 0, ±0.5, ±1
@@ -215,6 +258,21 @@ def _parent_inputs(rng: np.random.Generator) -> tuple:
 # the exercises
 
 EXERCISES: dict[str, Exercise] = {e.name: e for e in [
+    Exercise(
+        "most_coherent", "00",
+        "most_coherent(counts [K], coherence [K], n, min_members) -> ids of the n most coherent eligible regions",
+        _coherent_inputs, _most_coherent,
+        wrong={"1-member regions kept": lambda c, h, n, m: np.argsort(-h, kind="stable")[:n],
+               "> instead of >= min_members": lambda c, h, n, m: _most_coherent(c, h, n, m + 1),
+               "the biggest, not the most coherent": lambda c, h, n, m: np.argsort(-c, kind="stable")[:n]}),
+    Exercise(
+        "place_tokens", "00",
+        "place_tokens(acts [N, d] raw, centre [d], exemplars [K, d], theta) -> region [N], -1 where new",
+        _place_inputs, _place_tokens,
+        wrong={"not centred": lambda a, c, e, t: _place_tokens(a, np.zeros_like(c), e, t),
+               ">= instead of > at θ": lambda a, c, e, t: np.where(
+                   1 - (_unit(a - c) @ e.T).max(1) >= t, -1, np.argmax(_unit(a - c) @ e.T, axis=1)),
+               "never new (plain assignment)": lambda a, c, e, t: np.argmax(_unit(a - c) @ e.T, axis=1)}),
     Exercise(
         "coherence", "02", "coherence(members [n, d] unit rows) -> float: ||Σu|| / n",
         lambda rng: (_unit(rng.normal(size=(int(rng.integers(2, 50)), 8)) + rng.uniform(0, 2)),), _coherence,
@@ -433,6 +491,21 @@ def for_notebook(notebook: str) -> list[Exercise]:
 # -----------------------------------------------------------------------------
 # worked solutions: what a learner would write, in plain numpy. The notebooks show them in a dropdown
 # (tests/test_exercises.py checks the text there is this source) and CI runs them with fill_solutions=True.
+
+def most_coherent_solution(counts, coherence, n, min_members):
+    eligible = np.flatnonzero(counts >= min_members)
+    order = np.argsort(-coherence[eligible])  # positions within `eligible`, most coherent first
+    return eligible[order[:n]]
+
+
+def place_tokens_solution(acts, centre, exemplars, theta):
+    x = acts - centre
+    u = x / np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = u @ exemplars.T
+    region = np.argmax(similarity, axis=1)
+    region[1 - similarity.max(axis=1) > theta] = -1  # farther than θ from every exemplar: a new region
+    return region
+
 
 def spherical_centre_solution(acts):
     unit = acts / np.linalg.norm(acts, axis=1, keepdims=True)

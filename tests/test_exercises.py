@@ -13,7 +13,7 @@ def test_at_least_two_per_notebook():
     for ex in X.EXERCISES.values():
         per[ex.notebook] = per.get(ex.notebook, 0) + 1
     assert all(n >= 2 for n in per.values()), per
-    assert {"01", "02", "03", "04", "05", "06", "07", "08", "09"} <= set(per)
+    assert {"00", "01", "02", "03", "04", "05", "06", "07", "08", "09"} <= set(per)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -76,6 +76,38 @@ def test_leader_ties_are_exercised():
         d = 1 - u @ u.T
         seen |= bool((d == theta).any())
     assert seen
+
+
+def test_place_tokens_ties_at_theta_are_exercised():
+    """The > / >= mistake at θ is only visible on exact ties: the generator must produce them."""
+    rng = np.random.default_rng(0)
+    seen = 0
+    for _ in range(20):
+        acts, centre, exemplars, theta = X.EXERCISES["place_tokens"].inputs(rng)
+        u = (acts - centre) / np.linalg.norm(acts - centre, axis=1, keepdims=True)
+        seen += bool((1 - (u @ exemplars.T).max(axis=1) == theta).any())
+    assert seen >= 5
+
+
+def test_place_tokens_matches_the_package():
+    """Exercise 0.2's reference is Dictionary.assign's region, with -1 where the distance exceeds θ."""
+    import torch
+
+    from ep.method.builder import build_dictionary
+    from ep.method.calibration import calibrate
+    from ep.model.activations import ActivationBatch
+
+    g = np.random.default_rng(2)
+    a = (3.0 * g.normal(size=(8, 12))[g.integers(0, 8, 600)] + g.normal(size=(600, 12)) + 5.0).astype(np.float32)
+    i = torch.arange(len(a))
+    d = build_dictionary([ActivationBatch(torch.from_numpy(a[:400]), i[:400] // 40, i[:400] % 40, i[:400])],
+                         calibrate(a[:400], 3.0, batch_size=400), progress=False)
+    new = a[400:].astype(np.float64)
+    ids, dist = d.assign(a[400:])
+    want = np.where(dist > d.threshold, -1, ids)
+    got = X._place_tokens(new, d.centre.numpy().astype(np.float64), d.exemplars.numpy().astype(np.float64),
+                          d.threshold)
+    assert (got == want).all() and (want == -1).any() and (want >= 0).any()
 
 
 def test_teaching_theta_matches_the_package():

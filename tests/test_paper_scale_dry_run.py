@@ -6,8 +6,8 @@ load it by the hub id ``ep-dry-run/tiny-gemma-2`` with ``HF_HUB_OFFLINE=1``: the
 ``google/gemma-2-2b`` (the hub client resolves the id; no download). Each notebook runs with that id, the paper's
 layer (20) and ``check_claims=False``: random weights cannot meet the science asserts, but every shape and invariant
 assert still runs. Notebooks not listed here cannot run this way yet: 00 (its dictionaries are the published
-stand-ins of a real model), 04 (no check_claims; needs a chat template), 05 (no check_claims; a LoRA sibling of the
-base model), 06 (no check_claims; SAE training). 08 has check_claims, but its dry
+stand-ins of a real model), 04 (no check_claims; needs a chat template), 05 (its LoRA sibling needs a base model
+that answers few-shot prompts), 06 (no check_claims; SAE training). 08 has check_claims, but its dry
 run (max_tokens 6000, 2 prompts) had not finished after ~13 min on the shared 2-core machine: too slow for CI as is.
 """
 
