@@ -195,6 +195,14 @@ def _hub_error(name: str, error: Exception) -> Exception:
     return error
 
 
+def transformers_model(model) -> torch.nn.Module:
+    """The transformers model an nnsight ``TransformersModel`` runs, for plain (untraced) use such as training.
+
+    nnsight's public ``pipeline.model``: the same object the wrapper traces, not a copy.
+    """
+    return model.pipeline.model
+
+
 def load_model(name: str = "gemma-3-270m", device: str | torch.device | None = None, dtype: torch.dtype | None = None):
     """Load ``name`` (embedded short name, checkpoint in ``cache_dir()``, or hub id) → ``(nnsight model, info)``.
 
