@@ -64,10 +64,12 @@ def _greedy_batch(model, prompts: list[str], max_new_tokens: int, edit: Edit | N
     inputs = inputs_on_device(model, {k: enc[k] for k in ("input_ids", "attention_mask")}, remote)
     blocks = decoder_layers(model)
     edit_layers = set(edit.layers) if edit is not None else set()
-    stop_kwargs = {} if stop is None else {"eos_token_id": stop}
+    kwargs = {"max_new_tokens": max_new_tokens, "do_sample": False, "pad_token_id": tok.pad_token_id}
+    if stop is not None:
+        kwargs["eos_token_id"] = stop
     saved: dict[int, torch.Tensor] = {}  # made outside the trace; holds .save()d values
-    with model.generate(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id,
-                        remote=remote, **stop_kwargs) as tracer:
+    # one line: nnsight's remote serialisation finds the block by the line the `with` starts on
+    with model.generate(remote=remote, **kwargs) as tracer:
         with tracer.invoke(inputs):
             if edit_layers or record:
                 # An open loop runs every step (it ends when generation does); recording alone needs step 0.
