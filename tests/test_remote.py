@@ -111,3 +111,16 @@ def test_extraction_through_the_serialised_remote_path_equals_local(gemma):
     local = ep.token_activations(model, texts, 5, progress=False)
     dry = ep.token_activations(model, texts, 5, progress=False, remote="local")
     assert torch.equal(local.acts, dry.acts) and torch.equal(local.token, dry.token)
+
+
+@pytest.mark.model
+def test_edited_generation_through_the_serialised_remote_path_equals_local(gemma):
+    from ep.model.interventions import Ablation
+
+    model, _ = gemma
+    texts = ["The capital of France is", "One, two, three,"]
+    torch.manual_seed(0)
+    for edit in (None, Ablation(torch.randn(640), (6,), torch.randn(640))):
+        kwargs = dict(max_new_tokens=4, edit=edit, record_layers=(3,), add_special_tokens=True, progress=False)
+        local, dry = G.greedy(model, texts, **kwargs), G.greedy(model, texts, remote="local", **kwargs)
+        assert local.tokens == dry.tokens and torch.equal(local.final_acts[3], dry.final_acts[3])

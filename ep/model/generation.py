@@ -68,11 +68,12 @@ def _greedy_batch(model, prompts: list[str], max_new_tokens: int, edit: Edit | N
     if stop is not None:
         kwargs["eos_token_id"] = stop
     saved: dict[int, torch.Tensor] = {}  # made outside the trace; holds .save()d values
-    # one line: nnsight's remote serialisation finds the block by the line the `with` starts on
+    # An open loop (tracer.all()) runs every step and ends when generation does; recording alone needs step 0.
+    # No comment-only lines inside the block: nnsight's remote serialisation drops them and then cannot find
+    # the block's lines again (WithBlockNotFoundError); tests/test_remote.py runs this block serialised.
     with model.generate(remote=remote, **kwargs) as tracer:
         with tracer.invoke(inputs):
             if edit_layers or record:
-                # An open loop runs every step (it ends when generation does); recording alone needs step 0.
                 for step in tracer.all() if edit_layers else tracer.iter[0]:
                     for layer in sorted(edit_layers | (set(record) if step == 0 else set())):  # execution order
                         hidden = blocks[layer].output
