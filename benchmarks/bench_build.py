@@ -27,6 +27,7 @@ import torch
 import ep
 from ep.method.builder import DictionaryBuilder
 from ep.method.calibration import Calibration, calibrate, to_directions
+from ep.model.loading import transformers_model
 from ep.show.notebook import machine
 
 HERE = Path(__file__).parent
@@ -47,7 +48,7 @@ class _Stop(Exception):
 
 def bare_forward(model, texts, layer: int, context: int, batch: int) -> tuple[int, float]:
     """Tokens/s of the plain HF forward up to `layer` (stopped by a hook), batches like the extractor's."""
-    hf, tok = model._module, model.tokenizer  # the wrapped transformers model itself: bare, no tracing
+    hf, tok = transformers_model(model), model.tokenizer  # the wrapped transformers model itself: no tracing
     block = hf.model.layers[layer]
 
     def stop(*_):

@@ -3,6 +3,7 @@ import torch
 
 from ep import data
 from ep.model import activations as A
+from ep.model.loading import transformers_model
 
 TEXTS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -16,7 +17,7 @@ def hf_hidden(gemma, text: str, layer: int) -> torch.Tensor:
     model, _ = gemma
     enc = model.tokenizer(text, return_tensors="pt")
     with torch.no_grad():
-        out = model._module(**enc, output_hidden_states=True)
+        out = transformers_model(model)(**enc, output_hidden_states=True)
     return out.hidden_states[layer + 1][0, 1:]
 
 

@@ -278,7 +278,7 @@ class _Tok:  # a tokenizer with a chat template, for the templating logic alone
     bos_token = "<bos>"
     chat_template = "yes"
 
-    def apply_chat_template(self, messages, tokenize=False):
+    def apply_chat_template(self, messages, tokenize=False, add_generation_prompt=False):
         return "<bos>" + "".join(f"<{m['role']}>{m['content'].strip()}</{m['role']}>" for m in messages)
 
 

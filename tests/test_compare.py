@@ -65,7 +65,9 @@ def test_best_match_and_hungarian():
     brute = max(sum(dense[r, c] for r, c in zip(perm, range(3))) for perm in itertools.permutations(range(4), 3))
     assert dice.sum() == pytest.approx(brute)  # 0.8 + 0.85 + 0.3
     assert dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 1: 0, 3: 2}
-    summary = C.match_summary(f1, threshold=0.5)
+    summary = C.match_summary(f1, min_f1=0.5)
+    with pytest.warns(DeprecationWarning, match="min_f1"):
+        assert C.match_summary(f1, threshold=0.5) == summary  # the old keyword
     assert summary["matched_fraction"] == pytest.approx(0.5)  # rows 0 and 1
     assert summary["features_used_by_best_matches"] == 1
     assert summary["hungarian_mean_dice"] == pytest.approx(brute / 3)
@@ -137,7 +139,7 @@ def test_paper_match_follows_the_official_rules():
     acts = torch.arange(n_rows, dtype=torch.float32)[:, None]
     regions = [list(range(0, 30)), list(range(30, 55)), list(range(0, 10))]   # region 2: < 20 positives
     features = [list(range(0, 24)), list(range(10, 40)), list(range(40, 50))]  # feature 2: < 20 positives
-    out = C.paper_match(scorer(regions), scorer(features), acts, n=100, min_active=20, threshold=0.5)
+    out = C.paper_match(scorer(regions), scorer(features), acts, n=100, min_active=20, min_f1=0.5)
     assert out["eligible_regions"] == 2 and out["eligible_features"] == 2
     # region 0 (30 rows): overlap 24 with f0, 20 with f1 -> f0 by overlap; F1 = 48 / 54
     # region 1 (25 rows): overlap 10 with f1 (f2 is ineligible) -> F1 = 20 / 55

@@ -100,7 +100,7 @@ def test_permuted_copy_maps_ids_through_the_permutation(base):
 
 def test_dropped_and_introduced_regions(base):
     other = _build(range(5, 15), seed=1)
-    m = match_dictionaries(base, other, cutoff=0.7)
+    m = match_dictionaries(base, other, min_cosine=0.7)
     s = m.summary()
     assert (s["persisted"], s["dropped"], s["introduced"]) == (5, 5, 5)
     assert s["persisted_fraction"] == 0.5 and s["introduced_fraction"] == 0.5 and s["dice"] == 0.5
@@ -125,27 +125,40 @@ def test_membership_by_hand():
         membership(np.array([0]), np.array([0]), ids_a, ids_b[:3])
 
 
-def test_cutoff_and_distances_in_theta():
+def test_min_cosine_and_distances_in_theta():
     e = np.eye(4)
     a = _from_exemplars(e[:2], threshold=0.2)
     b = _from_exemplars([0.75 * e[0] + np.sqrt(1 - 0.75**2) * e[2], 0.65 * e[1] + np.sqrt(1 - 0.65**2) * e[3]])
-    m = match_dictionaries(a, b, cutoff=0.7)
+    m = match_dictionaries(a, b, min_cosine=0.7)
     np.testing.assert_allclose(m.cosine, [0.75, 0.65], atol=1e-6)
     np.testing.assert_allclose(m.distance_theta, [0.25 / 0.2, 0.35 / 0.2], atol=1e-5)
     assert m.persisted.tolist() == [True, False]
     assert m.dropped.tolist() == [1] and m.introduced.tolist() == [1]
-    assert match_dictionaries(a, b, cutoff=0.6).summary()["persisted"] == 2
+    assert match_dictionaries(a, b, min_cosine=0.6).summary()["persisted"] == 2
     with pytest.raises(ValueError):
-        match_dictionaries(a, b, cutoff=1.5)
+        match_dictionaries(a, b, min_cosine=1.5)
     with pytest.raises(ValueError, match="widths"):
         exemplar_cosine(a, _from_exemplars(np.eye(3)))
+
+
+def test_the_old_name_cutoff_still_works_and_warns():
+    e = np.eye(4)
+    a = _from_exemplars(e[:2], threshold=0.2)
+    b = _from_exemplars([0.75 * e[0] + np.sqrt(1 - 0.75**2) * e[2], 0.65 * e[1] + np.sqrt(1 - 0.65**2) * e[3]])
+    with pytest.warns(DeprecationWarning, match="min_cosine"):
+        old = match_dictionaries(a, b, cutoff=0.6)
+    assert old.min_cosine == 0.6 and old.summary() == match_dictionaries(a, b, 0.6).summary()
+    with pytest.warns(DeprecationWarning, match="min_cosine"):
+        assert old.cutoff == 0.6
+    with pytest.warns(DeprecationWarning):
+        np.testing.assert_array_equal(layer_ladder([a, b], cutoff=0.6), layer_ladder([a, b], min_cosine=0.6))
 
 
 @pytest.mark.parametrize("k_a,k_b", [(5, 5), (4, 6), (6, 3)])
 def test_hungarian_is_one_to_one_and_optimal(k_a, k_b):
     g = np.random.default_rng(k_a * 10 + k_b)
     a, b = _from_exemplars(g.normal(size=(k_a, 6))), _from_exemplars(g.normal(size=(k_b, 6)))
-    m = match_dictionaries(a, b, cutoff=-1.0)
+    m = match_dictionaries(a, b, min_cosine=-1.0)
     assert len(m.a_ids) == min(k_a, k_b) and len(set(m.a_ids)) == len(set(m.b_ids)) == len(m.a_ids)
     cos = exemplar_cosine(a, b)
     best = max(sum(cos[i, j] for i, j in zip(rows, cols))
@@ -169,7 +182,7 @@ def test_layer_ladder_adjacent_agree_more_than_distant():
     for _ in range(5):  # a random walk: each "layer" drifts a little further from the first
         layers.append(_from_exemplars(ex))
         ex = ex + 0.45 * g.normal(size=ex.shape)
-    ladder = layer_ladder(layers, cutoff=0.7)
+    ladder = layer_ladder(layers, min_cosine=0.7)
     assert np.allclose(ladder, ladder.T) and np.allclose(np.diag(ladder), 1.0)
     adjacent = np.mean([ladder[i, i + 1] for i in range(4)])
     assert adjacent > ladder[0, 4] + 0.2

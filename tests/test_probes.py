@@ -42,7 +42,7 @@ def test_compare_probes():
         "unique": P.one_hot(np.arange(120), n_units),  # every text its own unit: never seen in training
         "noise": P.one_hot(rng.integers(0, 3, 120), n_units),  # units unrelated to the label
     }
-    r = P.compare(x, y, codes, folds=4, seed=0)
+    r = P.probe_accuracies(x, y, codes, folds=4, seed=0)
     assert r["raw"] > 0.95 and r["label"] == 1.0
     assert r["label_seen"] == 1.0 and r["unique_seen"] == 0.0
     assert r["unique"] == pytest.approx(r["majority"])  # intercept only
@@ -76,7 +76,7 @@ def test_tasks_from_the_data_loaders():
     assert len({s for s in code}) == 10
     t = P.language_id(4)
     assert len(t.classes) == 12 and "english" not in t.classes and np.bincount(t.labels).tolist() == [4] * 12
-    tasks = P.axbench_concepts(5)
+    tasks = P.axbench_concept_tasks(5)
     assert len(tasks) == 10
     assert all(len(x) == 10 and x.classes == ["negative", "positive"] for x in tasks)
     assert tasks[0].name.startswith("axbench 0:")
@@ -158,3 +158,12 @@ def test_binary_probes_separate_an_informative_feature_from_noise():
     assert out["noise"] < 0.75 and abs(out["majority"] - 0.5) < 0.01 and out["test texts"] == len(test)
     with pytest.raises(ValueError, match="labels 0 and 1"):
         P.binary_probes(raw, {}, y * 2, train, test)
+
+
+def test_old_names_warn_and_call_the_renamed_functions():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(40, 3)), np.repeat([0, 1], 20)
+    with pytest.warns(DeprecationWarning, match="probe_accuracies"):
+        old = P.compare(x, y, {}, folds=4, seed=0)
+    assert old == P.probe_accuracies(x, y, {}, folds=4, seed=0)
+    assert P.axbench_concepts.__wrapped__ is P.axbench_concept_tasks

@@ -307,6 +307,13 @@ class Dictionary:
         Voronoi assignment: acts [N, d] raw (numpy or torch) -> (region [N] int64, cosine
         distance to that region's exemplar [N] float32), both numpy. Ties go to the lower
         region id. Peak extra memory ~ batch_size × K × 4 bytes.
+
+        Example, a dictionary with centre (0, 0) and exemplars e0 = (1, 0), e1 = (0, 1): (2, 0.2) is
+        nearest e0 (cosine 0.995, distance 0.005), (-1, 1) nearest e1 (cosine 0.707, distance 0.293):
+
+        >>> region, distance = d.assign(np.array([[2.0, 0.2], [-1.0, 1.0]]))  # doctest: +SKIP
+        >>> region, distance.round(3)  # doctest: +SKIP
+        (array([0, 1]), array([0.005, 0.293], dtype=float32))
         """
         a = check_acts(acts, self.dim, allow_empty=True)
         ex = self.exemplars.to(a.device)  # [K, d]

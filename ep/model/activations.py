@@ -9,7 +9,8 @@ tokens are streamed:
 - :func:`iter_token_activations`: every real token (BOS and padding excluded);
 - :func:`iter_final_activations`: the last real token of each text (e.g. a templated prompt).
 Every row carries its provenance (document index, token position, token id), so a dictionary region
-can later show the contexts that landed in it.
+can later show the contexts that landed in it. ``remote=True`` runs the forwards on NDIF (``ep.model.remote``,
+``docs/remote.md``): the same trace, shipped; only the saved block output comes back.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
+
+from .remote import check_remote, inputs_on_device
 
 
 @dataclass
@@ -71,22 +74,23 @@ def _batches(texts: Iterable[str], batch_size: int) -> Iterator[list[str]]:
 
 
 @torch.no_grad()
-def layer_output(model, texts: list[str], layer: int, context_length: int = 128, add_special_tokens: bool = True):
+def layer_output(model, texts: list[str], layer: int, context_length: int = 128, add_special_tokens: bool = True,
+                 remote: bool | str = False):
     """One batched forward to block ``layer`` → (hidden [B, T, d] float32, input_ids [B, T], mask [B, T]).
 
     Positions are derived from the attention mask, so a text gets the same activations whichever
-    side it is padded on and whatever else shares its batch.
+    side it is padded on and whatever else shares its batch. ``remote``: run it on NDIF.
     """
     _check_layer(model, layer)
+    check_remote(remote)
     enc = model.tokenizer(
         texts, return_tensors="pt", padding=True, truncation=True, max_length=context_length,
         add_special_tokens=add_special_tokens,
     )
     mask = enc["attention_mask"]
     position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    device = model.device  # the Envoy's public device (of the first parameter)
     inputs = {"input_ids": enc["input_ids"], "attention_mask": mask, "position_ids": position_ids}
-    with model.trace({k: v.to(device) for k, v in inputs.items()}) as tracer:
+    with model.trace(inputs_on_device(model, inputs, remote), remote=remote) as tracer:
         hidden = decoder_layers(model)[layer].output.save()
         tracer.stop()
     hidden = hidden[0] if isinstance(hidden, tuple) else hidden
@@ -95,14 +99,17 @@ def layer_output(model, texts: list[str], layer: int, context_length: int = 128,
 
 def iter_token_activations(
     model, texts: Iterable[str], layer: int, *, context_length: int = 128, batch_size: int = 16,
-    max_tokens: int | None = None, progress: bool = True, desc: str = "activations",
+    max_tokens: int | None = None, progress: bool = True, desc: str = "activations", remote: bool | str = False,
 ) -> Iterator[ActivationBatch]:
-    """Per-token activations of every real token (BOS and padding excluded), batch by batch."""
+    """Per-token activations of every real token (BOS and padding excluded), batch by batch.
+
+    ``remote=True`` runs each batch's forward on NDIF (an API key is needed: ``docs/remote.md``).
+    """
     bos = model.tokenizer.bos_token_id
     seen, first_doc = 0, 0
     bar = tqdm(total=max_tokens, desc=desc, unit="tok", disable=not progress)
     for batch in _batches(texts, batch_size):
-        hidden, ids, mask = layer_output(model, batch, layer, context_length)
+        hidden, ids, mask = layer_output(model, batch, layer, context_length, remote=remote)
         keep = mask & (ids != bos) if bos is not None else mask
         rows, cols = keep.nonzero(as_tuple=True)
         positions = mask.cumsum(-1) - 1  # position within the text, whatever the padding side
@@ -122,7 +129,7 @@ def iter_token_activations(
 
 def iter_final_activations(
     model, texts: Iterable[str], layer: int, *, context_length: int = 512, batch_size: int = 16,
-    add_special_tokens: bool = True, progress: bool = True, desc: str = "activations",
+    add_special_tokens: bool = True, progress: bool = True, desc: str = "activations", remote: bool | str = False,
 ) -> Iterator[ActivationBatch]:
     """The activation at the last real token of each text (one row per text), batch by batch.
 
@@ -133,7 +140,7 @@ def iter_final_activations(
     if not texts:
         raise ValueError("no activations: the text list was empty")
     for batch in tqdm(list(_batches(texts, batch_size)), desc=desc, disable=not progress):
-        hidden, ids, mask = layer_output(model, batch, layer, context_length, add_special_tokens)
+        hidden, ids, mask = layer_output(model, batch, layer, context_length, add_special_tokens, remote)
         rows = torch.arange(len(batch))
         last = mask.shape[1] - 1 - mask.flip(-1).int().argmax(-1)  # index of the last real token
         yield ActivationBatch(hidden[rows, last], rows + first_doc, mask.sum(-1) - 1, ids[rows, last])
@@ -141,7 +148,10 @@ def iter_final_activations(
 
 
 def token_activations(model, texts: Iterable[str], layer: int, **kwargs) -> ActivationBatch:
-    """All per-token activations of ``texts`` in one batch (for small sets; use the iterator for streams)."""
+    """All per-token activations of ``texts`` in one batch (for small sets; use the iterator for streams).
+
+    Takes the iterator's keywords (``context_length``, ``batch_size``, ``max_tokens``, ``remote``, ...).
+    """
     return ActivationBatch.cat(list(iter_token_activations(model, texts, layer, **kwargs)))
 
 

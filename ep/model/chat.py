@@ -1,13 +1,14 @@
 """Chat formats: wrapping instructions (and replies) as chat turns.
 
-Two ways, one module, so no other file spells a template out:
+One source of truth per format, and no other file spells a template out:
 
-- :func:`chat_prompts` uses the tokenizer's own chat template (instruction-tuned models such as
-  Qwen2.5-Instruct or Gemma-2-2B-it ship one);
-- :func:`chat_prompt` writes Gemma's turn markup directly. Base Gemma has no chat template, but its
-  tokenizer knows the turn tokens, and this is exactly the text Gemma-2/3-it's template produces (minus
-  BOS, which the tokenizer adds). :data:`CHAT_TEMPLATE` is the same format as a Jinja template, saved
-  with the LoRA sibling's tokenizer (``ep.studies.finetune``).
+- a tokenizer that ships a chat template (instruction-tuned models such as Qwen2.5-Instruct or
+  Gemma-2-2B-it) is used through it: :func:`chat_prompts`, and :func:`chat_prompt` given the tokenizer;
+- base Gemma has no chat template, but its tokenizer knows the turn tokens. :data:`CHAT_TEMPLATE` is the
+  Gemma-2/3-it format as a Jinja template (the tests check it writes what Gemma 3's own template writes);
+  :func:`chat_prompt` renders it exactly as transformers renders a tokenizer's template, and it is saved
+  with the LoRA sibling's tokenizer (``ep.studies.finetune``), so the sibling's template and the text it
+  was trained on cannot drift apart.
 """
 
 from __future__ import annotations
@@ -24,13 +25,32 @@ CHAT_TEMPLATE = (
 )
 
 
-def chat_prompt(instruction: str, response: str | None = None) -> str:
-    """One user turn in the Gemma chat format, then the model turn (open, or closed around ``response``).
+def _render(template: str, messages: list[dict], add_generation_prompt: bool) -> str:
+    """A chat template rendered as ``transformers`` renders one (sandboxed Jinja, trim and lstrip blocks), no BOS."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                            bos_token="", eos_token="")
+
+
+def chat_prompt(instruction: str, response: str | None = None, tokenizer=None) -> str:
+    """One user turn, then the model turn: open (ready for the reply), or closed around ``response``.
+
+    The format is ``tokenizer``'s own chat template when it has one, else :data:`CHAT_TEMPLATE` (Gemma's).
     No BOS: the tokenizer adds it, as it does for every text the extractors read.
+
+    >>> chat_prompt(" What is red? ")
+    '<start_of_turn>user\\nWhat is red?<end_of_turn>\\n<start_of_turn>model\\n'
     """
-    text = f"<start_of_turn>user\n{instruction.strip()}{END_OF_TURN}\n<start_of_turn>model\n"
-    return text if response is None else f"{text}{response}{END_OF_TURN}\n"
+    messages = [{"role": "user", "content": instruction}]
+    if response is not None:
+        messages.append({"role": "assistant", "content": response})
+    if not getattr(tokenizer, "chat_template", None):
+        return _render(CHAT_TEMPLATE, messages, add_generation_prompt=response is None)
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=response is None)
+    bos = tokenizer.bos_token
+    return text[len(bos):] if bos and text.startswith(bos) else text
 
 
 def chat_prompts(tokenizer, instructions: Sequence[str], system: str | None = None) -> list[str]:

@@ -195,13 +195,51 @@ def _hub_error(name: str, error: Exception) -> Exception:
     return error
 
 
-def load_model(name: str = "gemma-3-270m", device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+def transformers_model(model) -> torch.nn.Module:
+    """The transformers model an nnsight ``TransformersModel`` runs, for plain (untraced) use such as training.
+
+    nnsight's public ``pipeline.model``: the same object the wrapper traces, not a copy.
+    """
+    return model.pipeline.model
+
+
+def _info(name: str, config, tokenizer, device: torch.device, dtype: torch.dtype) -> ModelInfo:
+    text = config.get_text_config()
+    return ModelInfo(name=name, n_layers=text.num_hidden_layers, d_model=text.hidden_size,
+                     has_chat_template=tokenizer.chat_template is not None, device=device, dtype=dtype)
+
+
+def _remote_model(name: str):
+    """A weightless (meta) copy of hub model ``name`` for runs on NDIF: config and tokenizer only, no weights."""
+    from nnsight import LanguageModel
+
+    from .remote import check_remote
+
+    if name in EMBEDDED or Path(name).exists() or (cache_dir() / name / "config.json").exists():
+        raise ValueError(f"{name} is a local model: NDIF runs hub models it hosts (e.g. google/gemma-2-2b); "
+                         "load local models without remote=True")
+    check_remote(True)
+    try:
+        return LanguageModel(name)
+    except OSError as e:
+        raise _hub_error(name, e) from e
+
+
+def load_model(name: str = "gemma-3-270m", device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+               remote: bool = False):
     """Load ``name`` (embedded short name, checkpoint in ``cache_dir()``, or hub id) → ``(nnsight model, info)``.
 
     ``device`` defaults to the GPU if there is one; ``dtype`` to bf16 where the hardware does it natively, else
-    fp32 (``ep.method.device.default_dtype``; ``EP_DTYPE`` overrides)."""
+    fp32 (``ep.method.device.default_dtype``; ``EP_DTYPE`` overrides). ``remote=True``: a hub model that runs
+    on NDIF; only its config and tokenizer are downloaded (pass ``remote=True`` to the extractors and to
+    generation too; set-up in ``docs/remote.md``)."""
     from nnsight import TransformersModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if remote:
+        model = _remote_model(name)
+        dtype = getattr(model.config, "dtype", None) or torch.float32  # the checkpoint's: NDIF serves it so
+        return model, _info(name, model.config, model.tokenizer, torch.device("meta"), dtype)
 
     device = torch.device(device) if device is not None else default_device()
     dtype = dtype or default_dtype(device)
@@ -217,13 +255,4 @@ def load_model(name: str = "gemma-3-270m", device: str | torch.device | None = N
         raise _hub_error(name, e) from e
     hf_model = hf_model.to(device).eval()
     model = TransformersModel(hf_model, task="text-generation", tokenizer=tokenizer)
-    config = hf_model.config.get_text_config()
-    info = ModelInfo(
-        name=name,
-        n_layers=config.num_hidden_layers,
-        d_model=config.hidden_size,
-        has_chat_template=tokenizer.chat_template is not None,
-        device=device,
-        dtype=dtype,
-    )
-    return model, info
+    return model, _info(name, hf_model.config, tokenizer, device, dtype)

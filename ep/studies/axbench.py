@@ -71,14 +71,7 @@ def template_row(tokenizer, prompt: str, output: str) -> tuple[str, int, tuple[i
     the same text). Both are stripped, as the Gemma template trims them.
     """
     prompt, output = prompt.strip(), output.strip()
-    if getattr(tokenizer, "chat_template", None):
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-    else:
-        text = chat_prompt(prompt, output)
-    bos = tokenizer.bos_token
-    if bos and text.startswith(bos):
-        text = text[len(bos):]  # BOS is added (once) by the tokenizer
+    text = chat_prompt(prompt, output, tokenizer)  # without BOS: the tokenizer adds it (once)
     start = text.rfind(output)
     if start < 0:
         raise ValueError("the chat template changed the output text: cannot locate it")

@@ -8,7 +8,8 @@ a held-out token set:
   firing feature has a shorter list (and a dead one an empty list).
 For a region set A and a feature set B, precision |A∩B|/|B| and recall |A∩B|/|A| give
 F1 = 2|A∩B| / (|A| + |B|): for two sets the F1 score of one against the other *is* their Dice
-coefficient (the same number; the paper says F1 for the best match, Dice for the one-to-one view). Two readings:
+coefficient (the same number; the paper says F1 for the best match, Dice for the one-to-one view, and so
+do the names here; ``ep.studies.matching`` follows the same rule). Two readings:
 - **best match**: each region's best feature by F1 (many regions may pick the same feature); the
   fraction of regions with F1 > 0.5 is the "shared core";
 - **one-to-one**: the Hungarian assignment (scipy) maximising total Dice, each feature used once.
@@ -36,6 +37,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.optimize import linear_sum_assignment
+
+from ..method.deprecation import renamed_keyword
 
 
 def ep_scorer(dictionary, basis: str = "exemplar") -> Callable[[torch.Tensor], torch.Tensor]:
@@ -94,15 +97,17 @@ def positive_counts(score: Callable[[torch.Tensor], torch.Tensor], acts, batch_s
 
 
 def paper_match(ep_score: Callable, sae_score: Callable, acts, n: int = 100, min_active: int = 20,
-                threshold: float = 0.5, batch_size: int = 1024) -> dict:
+                min_f1: float = 0.5, batch_size: int = 1024, *, threshold: float | None = None) -> dict:
     """The official EP→SAE comparison (``scripts/compare_sae.py``) on the rows of acts [N, d].
 
     Top-n rows per unit among positive scores only; units with fewer than ``min_active`` positive rows
     are ineligible; each eligible region's best eligible feature by overlap (ties: the lower feature id);
     F1 = 2·overlap / (|A| + |B|); regions with zero best overlap are dropped. Returns the headline
-    ``matched_fraction`` (F1 > threshold among matched regions), the counts, and per-region arrays
+    ``matched_fraction`` (F1 > ``min_f1`` among matched regions), the counts, and per-region arrays
     ``best_feature`` / ``best_f1`` ([K]; -1 / 0 where a region is ineligible or overlaps nothing).
+    ``threshold``: the deprecated name of ``min_f1`` (an F1, not a distance); the result keeps the key.
     """
+    min_f1 = renamed_keyword("threshold", threshold, "min_f1", min_f1)
     region_sets = top_tokens(ep_score, acts, n, batch_size, positive_only=True)
     feature_sets = top_tokens(sae_score, acts, n, batch_size, positive_only=True)
     region_ok = positive_counts(ep_score, acts, batch_size) >= min_active
@@ -121,10 +126,10 @@ def paper_match(ep_score: Callable, sae_score: Callable, acts, n: int = 100, min
     return {"regions": len(region_sets), "features": len(feature_sets),
             "eligible_regions": int(region_ok.sum()), "eligible_features": int(feature_ok.sum()),
             "regions_with_overlap": int(matched.sum()),
-            "matched_fraction": float((f1[matched] > threshold).mean()) if matched.any() else 0.0,
+            "matched_fraction": float((f1[matched] > min_f1).mean()) if matched.any() else 0.0,
             "median_f1": float(np.median(f1[matched])) if matched.any() else 0.0,
-            "features_used": int(len(np.unique(best_feature[matched & (f1 > threshold)]))),
-            "threshold": threshold, "top_n": n, "min_active": min_active,
+            "features_used": int(len(np.unique(best_feature[matched & (f1 > min_f1)]))),
+            "threshold": min_f1, "top_n": n, "min_active": min_active,
             "best_feature": best_feature, "best_f1": f1, "region_sets": region_sets, "feature_sets": feature_sets}
 
 
@@ -174,20 +179,22 @@ def hungarian(f1: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows[r[keep]], cols[c[keep]], dice[keep]
 
 
-def match_summary(f1: sp.csr_matrix, threshold: float = 0.5) -> dict:
-    """Headline numbers of a region × feature F1 matrix (regions are rows)."""
+def match_summary(f1: sp.csr_matrix, min_f1: float = 0.5, *, threshold: float | None = None) -> dict:
+    """Headline numbers of a region × feature F1 matrix (regions are rows); a pair counts as matched with
+    F1 > ``min_f1`` (``threshold``: its deprecated name; the result keeps the key)."""
+    min_f1 = renamed_keyword("threshold", threshold, "min_f1", min_f1)
     n_regions, n_features = f1.shape
     best_col, best = best_match(f1)
     _, _, dice = hungarian(f1)
     n_pairs = min(n_regions, n_features)
     return {
         "regions": n_regions, "features": n_features,
-        "matched_fraction": float((best > threshold).mean()),  # best match F1 > threshold
+        "matched_fraction": float((best > min_f1).mean()),  # best match F1 > min_f1
         "median_best_f1": float(np.median(best)),
-        "features_used_by_best_matches": int(len(np.unique(best_col[best > threshold]))),
+        "features_used_by_best_matches": int(len(np.unique(best_col[best > min_f1]))),
         "hungarian_mean_dice": float(dice.sum() / n_pairs),  # over min(K, F) pairs; unmatched count 0
-        "hungarian_matched_fraction": float((dice > threshold).sum() / n_regions),
-        "threshold": threshold,
+        "hungarian_matched_fraction": float((dice > min_f1).sum() / n_regions),
+        "threshold": min_f1,
     }
 
 

@@ -4,7 +4,8 @@ Cross-checkpoint matching (notebook 05) needs a base model and an instruction-tu
 *same* model. At paper scale that is ``google/gemma-2-2b`` and ``google/gemma-2-2b-it``; offline no
 such pair ships, so we make one from the embedded base model, honestly and cheaply:
 
-1. **Answers** (:func:`few_shot_answers`): the base model answers nothing in chat format, but
+1. **Answers** (:func:`few_shot_answers`, through ``ep.model.generation.greedy`` like every generation
+   in the package): the base model answers nothing in chat format, but
    few-shot prompted ("Instruction: ... / Answer: ...", three hand-written examples) it gives
    plausible one-line answers to harmless instructions. These are its own answers: the finetune
    teaches the chat format and when to stop, not new knowledge.
@@ -29,7 +30,8 @@ import torch
 
 from ..method.files import staged_dir
 from ..model.chat import CHAT_TEMPLATE, END_OF_TURN, chat_prompt
-from ..model.loading import cache_dir, load_model
+from ..model.generation import greedy
+from ..model.loading import cache_dir, load_model, transformers_model
 
 FEW_SHOT = (
     ("Name the three primary colours.", "Red, yellow and blue."),
@@ -72,30 +74,26 @@ class Sibling:
 # -----------------------------------------------------------------------------
 # 1. answers from the base model itself
 
-@torch.no_grad()
-def few_shot_answers(hf_model, tokenizer, instructions: list[str], max_new_tokens: int = 40,
+def few_shot_answers(model, instructions: list[str], max_new_tokens: int = 40,
                      batch_size: int = 32) -> list[tuple[str, str]]:
-    """Greedy few-shot answers, cut at the first newline. Unfinished or repetitive answers are dropped."""
+    """Greedy few-shot answers of an nnsight-wrapped base model, cut at the first newline.
+
+    Unfinished or repetitive answers are dropped.
+    """
+    tokenizer = model.tokenizer
     head = "".join(f"Instruction: {q}\nAnswer: {a}\n\n" for q, a in FEW_SHOT)
     newline_ids = {i for s in ("\n", "\n\n") for i in tokenizer.encode(s, add_special_tokens=False)}
     stop = [tokenizer.eos_token_id, *sorted(newline_ids)]
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    prompts = [f"{head}Instruction: {q.strip()}\nAnswer:" for q in instructions]
+    out = greedy(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, stop=stop,
+                 add_special_tokens=True, progress=False)
     pairs = []
-    try:
-        for s in range(0, len(instructions), batch_size):
-            batch = instructions[s:s + batch_size]
-            enc = tokenizer([f"{head}Instruction: {q.strip()}\nAnswer:" for q in batch], return_tensors="pt",
-                            padding=True).to(hf_model.device)
-            out = hf_model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stop,
-                                    pad_token_id=tokenizer.pad_token_id)[:, enc["input_ids"].shape[1]:]
-            for q, ids in zip(batch, out.tolist()):
-                finished = any(i in stop for i in ids)
-                answer = tokenizer.decode(ids, skip_special_tokens=True).split("\n")[0].strip()
-                words = answer.lower().split()
-                if finished and len(words) >= 2 and len(set(words)) >= 0.5 * len(words):
-                    pairs.append((q.strip(), answer))
-    finally:
-        tokenizer.padding_side = side
+    for q, ids in zip(instructions, out.tokens):
+        finished = any(i in stop for i in ids)
+        answer = tokenizer.decode(ids, skip_special_tokens=True).split("\n")[0].strip()
+        words = answer.lower().split()
+        if finished and len(words) >= 2 and len(set(words)) >= 0.5 * len(words):
+            pairs.append((q.strip(), answer))
     return pairs
 
 
@@ -209,9 +207,9 @@ def instruct_sibling(base: str = "gemma-3-270m", name: str | None = None, progre
     start = time.perf_counter()
     torch.manual_seed(spec.seed)
     model, _ = load_model(base, device="cpu", dtype=torch.float32)  # a fresh copy: peft edits it in place
-    hf_model, tokenizer = model._module, model.tokenizer
+    hf_model, tokenizer = transformers_model(model), model.tokenizer
     prompts = instructions("harmless_train")[:spec.n_pairs]
-    pairs = few_shot_answers(hf_model, tokenizer, prompts, spec.max_new_tokens)
+    pairs = few_shot_answers(model, prompts, spec.max_new_tokens)
     if len(pairs) < spec.batch_size:
         raise RuntimeError(f"only {len(pairs)} usable few-shot answers from {len(prompts)} prompts")
     answered = time.perf_counter()
@@ -234,20 +232,15 @@ def instruct_sibling(base: str = "gemma-3-270m", name: str | None = None, progre
 # -----------------------------------------------------------------------------
 # before / after
 
-@torch.no_grad()
-def chat_generate(model, instructions: list[str], max_new_tokens: int = 40) -> list[tuple[str, bool]]:
+def chat_generate(model, instructions: list[str], max_new_tokens: int = 40, batch_size: int = 32
+                  ) -> list[tuple[str, bool]]:
     """Greedy replies of an nnsight-wrapped model to chat-formatted instructions -> [(reply, ended its turn)]."""
-    tokenizer, hf_model = model.tokenizer, model._module
+    tokenizer = model.tokenizer
     end = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        enc = tokenizer([chat_prompt(q) for q in instructions], return_tensors="pt", padding=True).to(hf_model.device)
-        out = hf_model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                eos_token_id=[tokenizer.eos_token_id, end], pad_token_id=tokenizer.pad_token_id)
-    finally:
-        tokenizer.padding_side = side
+    out = greedy(model, [chat_prompt(q) for q in instructions], max_new_tokens=max_new_tokens,
+                 batch_size=batch_size, stop=[tokenizer.eos_token_id, end], add_special_tokens=True, progress=False)
     replies = []
-    for ids in out[:, enc["input_ids"].shape[1]:].tolist():
+    for ids in out.tokens:
         ended = end in ids
         ids = ids[:ids.index(end)] if ended else ids
         replies.append((tokenizer.decode(ids, skip_special_tokens=True).strip(), ended))

@@ -6,15 +6,21 @@ each in its own centred space:
 
 - **direction matching** (:func:`match_dictionaries`): the cosine between every pair of exemplars,
   a one-to-one assignment maximising the total cosine (Hungarian, ``scipy.optimize.linear_sum_assignment``),
-  and a cutoff: a matched pair with cosine ≥ cutoff *persisted*; the other regions of the first
+  and a minimum cosine: a matched pair with cosine ≥ ``min_cosine`` *persisted*; the other regions of the first
   dictionary were *dropped*, those of the second *introduced*. Distances 1 − cos are also given in
   units of the first dictionary's θ (≤ 1 means the partner would have fallen inside the exemplar's cap);
 - **membership matching** (:func:`membership`): a direction can persist while the tokens it holds
   change. Assign the same shared tokens with each dictionary (``Dictionary.assign``, each model's own
   activations of those tokens) and compare, per matched pair, the sets of tokens each region holds
-  (F1 = Dice, Jaccard). Only observed exemplars on a shared stream make this possible;
+  (F1, Jaccard). Only observed exemplars on a shared stream make this possible;
 - a **layer ladder** (:func:`layer_ladder`): the persisted fraction between every pair of layers of one
   checkpoint, a sanity check (adjacent layers should agree more than distant ones).
+
+Names: a *cosine* is a similarity in [-1, 1] (``min_cosine``, ``cosine``); a *distance* is 1 − cosine
+(θ, ``Dictionary.threshold``, ``distance_theta``). F1 and Dice are one number: for two sets A, B the F1
+score of one against the other is their Dice coefficient 2|A∩B| / (|A| + |B|). As in the paper, F1
+names it for two regions' token sets (:attr:`Membership.f1`, ``ep.studies.compare``) and Dice for how much
+of two whole dictionaries a one-to-one matching keeps (``Match.summary()["dice"]``, :func:`layer_ladder`).
 
 The assignment is dense: it holds a [K_a, K_b] float64 matrix (8·K_a·K_b bytes, 200 MB for 5k × 5k).
 For paper-scale dictionaries restrict it to regions with at least ``min_count`` members.
@@ -22,11 +28,13 @@ For paper-scale dictionaries restrict it to regions with at least ``min_count`` 
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from ..method.deprecation import renamed_keyword
 from ..method.dictionary import Dictionary
 
 
@@ -50,13 +58,19 @@ class Match:
     cosine: np.ndarray  # [M] float64 exemplar cosine of each matched pair
     a_regions: np.ndarray  # [K_a'] region ids of a that took part (all, or those with >= min_count members)
     b_regions: np.ndarray  # [K_b'] same for b
-    cutoff: float
-    theta: float  # distances are reported in units of this θ (a's)
+    min_cosine: float  # a matched pair persisted if its cosine is at least this
+    theta: float  # a cosine *distance*: distances are reported in units of this θ (a's)
+
+    @property
+    def cutoff(self) -> float:
+        """Deprecated name of :attr:`min_cosine`."""
+        warnings.warn("Match.cutoff is deprecated: use Match.min_cosine", DeprecationWarning, stacklevel=2)
+        return self.min_cosine
 
     @property
     def persisted(self) -> np.ndarray:
-        """[M] bool: the matched pair's cosine is at least the cutoff."""
-        return self.cosine >= self.cutoff
+        """[M] bool: the matched pair's cosine is at least ``min_cosine``."""
+        return self.cosine >= self.min_cosine
 
     @property
     def pairs(self) -> tuple[np.ndarray, np.ndarray]:
@@ -92,22 +106,24 @@ class Match:
                 "dropped": n_a - p, "introduced": n_b - p,
                 "persisted_fraction": p / n_a, "dropped_fraction": (n_a - p) / n_a,
                 "introduced_fraction": (n_b - p) / n_b, "dice": 2 * p / (n_a + n_b),
-                "cutoff": self.cutoff, "theta": self.theta,
+                "cutoff": self.min_cosine, "theta": self.theta,  # "cutoff": the key results files have used
                 "median_matched_cosine": float(np.median(self.cosine)) if len(self.cosine) else float("nan"),
                 "within_theta_fraction": float((self.distance_theta <= 1).mean()) if len(self.cosine) else 0.0}
 
 
-def match_dictionaries(a: Dictionary, b: Dictionary, cutoff: float = 0.7, min_count: int = 1,
-                       basis: str = "exemplar") -> Match:
-    """Hungarian assignment of a's regions to b's on exemplar (or mean-member) cosine, maximised; then the cutoff."""
-    if not -1.0 <= cutoff <= 1.0:
-        raise ValueError(f"cutoff is a cosine, in [-1, 1]; got {cutoff}")
+def match_dictionaries(a: Dictionary, b: Dictionary, min_cosine: float = 0.7, min_count: int = 1,
+                       basis: str = "exemplar", *, cutoff: float | None = None) -> Match:
+    """Hungarian assignment of a's regions to b's on exemplar (or mean-member) cosine, maximised; a matched
+    pair *persisted* if its cosine is at least ``min_cosine`` (``cutoff``: its deprecated name)."""
+    min_cosine = renamed_keyword("cutoff", cutoff, "min_cosine", min_cosine)
+    if not -1.0 <= min_cosine <= 1.0:
+        raise ValueError(f"min_cosine is a cosine, in [-1, 1]; got {min_cosine}")
     a_regions = np.flatnonzero(a.counts.numpy() >= min_count)
     b_regions = np.flatnonzero(b.counts.numpy() >= min_count)
     cos = exemplar_cosine(a, b, basis)[np.ix_(a_regions, b_regions)]  # [K_a', K_b']
     rows, cols = linear_sum_assignment(cos, maximize=True)  # rows come back sorted
     return Match(a_ids=a_regions[rows], b_ids=b_regions[cols], cosine=cos[rows, cols],
-                 a_regions=a_regions, b_regions=b_regions, cutoff=float(cutoff), theta=float(a.threshold))
+                 a_regions=a_regions, b_regions=b_regions, min_cosine=float(min_cosine), theta=float(a.threshold))
 
 
 @dataclass
@@ -158,17 +174,19 @@ def membership(a_ids: np.ndarray, b_ids: np.ndarray, assigned_a: np.ndarray, ass
     return Membership(size_a=size_a[a_ids], size_b=size_b[b_ids], both=both)
 
 
-def layer_ladder(dictionaries: dict[int, Dictionary] | list[Dictionary], cutoff: float = 0.7,
-                 min_count: int = 1) -> np.ndarray:
+def layer_ladder(dictionaries: dict[int, Dictionary] | list[Dictionary], min_cosine: float = 0.7,
+                 min_count: int = 1, *, cutoff: float | None = None) -> np.ndarray:
     """
     [L, L] symmetric persisted fraction (Dice: 2·persisted / (K_i + K_j)) between every pair of
     dictionaries, e.g. one per layer of one checkpoint on one token stream; 1 on the diagonal.
+    ``cutoff``: the deprecated name of ``min_cosine``.
     """
+    min_cosine = renamed_keyword("cutoff", cutoff, "min_cosine", min_cosine)
     ds = list(dictionaries.values()) if isinstance(dictionaries, dict) else list(dictionaries)
     out = np.eye(len(ds))
     for i in range(len(ds)):
         for j in range(i + 1, len(ds)):
-            out[i, j] = out[j, i] = match_dictionaries(ds[i], ds[j], cutoff, min_count).summary()["dice"]
+            out[i, j] = out[j, i] = match_dictionaries(ds[i], ds[j], min_cosine, min_count).summary()["dice"]
     return out
 
 

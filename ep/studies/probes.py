@@ -40,6 +40,7 @@ from sklearn.preprocessing import StandardScaler
 
 from .. import data
 from ..method.calibration import to_directions
+from ..method.deprecation import renamed
 from ..model.activations import ActivationBatch, token_activations
 
 
@@ -119,9 +120,11 @@ def language_id(n_per_lang: int | None = 30, min_chars: int = 10, seed: int = 0)
                                         for lang, ts in lines.items()})
 
 
-def axbench_concepts(n_per_class: int = 20, variant: str = "prod_2b_l20_v1", seed: int = 0) -> list[ProbeTask]:
+def axbench_concept_tasks(n_per_class: int = 20, variant: str = "prod_2b_l20_v1", seed: int = 0
+                          ) -> list[ProbeTask]:
     """One task per AxBench Concept10 concept: its positive outputs vs its negative outputs
-    (latent-eval split; hard negatives left out, as AxBench does)."""
+    (latent-eval split; hard negatives left out, as AxBench does). The rows come from
+    ``ep.data.axbench_concepts``; this makes probe tasks of them."""
     metadata, _, latent = data.axbench_concepts(variant)
     tasks = []
     for meta in metadata:
@@ -216,8 +219,8 @@ def _fit_predict(x_train, y_train, x_test, C: float, standardise: bool) -> np.nd
     return LogisticRegression(C=C, max_iter=5000).fit(x_train, y_train).predict(x_test)
 
 
-def compare(vectors, labels: np.ndarray, features: dict[str, sp.spmatrix], folds: int = 5, seed: int = 0,
-            C: float = 1.0) -> dict:
+def probe_accuracies(vectors, labels: np.ndarray, features: dict[str, sp.spmatrix], folds: int = 5, seed: int = 0,
+                     C: float = 1.0) -> dict:
     """Cross-validated accuracy of a probe on the raw vectors vs on each sparse featurisation.
 
     Logistic regression (multinomial for > 2 classes); raw vectors are standardised, sparse codes are
@@ -238,6 +241,11 @@ def compare(vectors, labels: np.ndarray, features: dict[str, sp.spmatrix], folds
             seen[name] += int((f[test] @ used > 0).sum())
     out = {name: c / len(y) for name, c in correct.items()}
     return {**out, **{f"{name}_seen": s / len(y) for name, s in seen.items()}, "n": len(y), "folds": folds}
+
+
+# the old names (``compare`` collided with the module ep.studies.compare, ``axbench_concepts`` with ep.data's)
+compare = renamed(probe_accuracies, "compare")
+axbench_concepts = renamed(axbench_concept_tasks, "axbench_concepts")
 
 
 # -----------------------------------------------------------------------------

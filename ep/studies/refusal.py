@@ -5,10 +5,11 @@ prompt, with or without an edit to its residual stream?* Three pieces answer it:
 
 - :func:`chat_prompts` (``ep.model.chat``) wraps each instruction in the model's own chat template, ending
   where the assistant's reply begins (the "final position" whose activation we study);
-- :func:`generate` runs greedy generation in left-padded batches through nnsight. It can apply an
-  ``edit`` to chosen decoder-block outputs at every step and every position (see ``ep.model.interventions``),
-  and it can record, from the same pass, the prompts' final-position activations at chosen layers, so
-  labelling the build prompts and reading their activations costs one forward, not two;
+- :func:`generate` runs greedy generation in left-padded batches (``ep.model.generation.greedy``). It
+  can apply an ``edit`` to chosen decoder-block outputs at every step and every position (see
+  ``ep.model.interventions``), and it can record, from the same pass, the prompts' final-position
+  activations at chosen layers, so labelling the build prompts and reading their activations costs
+  one forward, not two;
 - :func:`is_refusal` labels a completion by phrase matching against :data:`REFUSAL_PHRASES`;
 - :func:`prompt_token_acts`, :func:`score_regions`, :func:`matched_null`: the paper's region protocol
   (official ``scripts/exp_behavioral.py``): a dictionary built on the activations of **all tokens** of the
@@ -26,20 +27,18 @@ kept for comparison.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from ..method.builder import build_dictionary
 from ..method.calibration import calibrate
 from ..method.dictionary import Dictionary
-from ..model.activations import ActivationBatch, decoder_layers, token_activations
+from ..model.activations import ActivationBatch, token_activations
 from ..model.chat import chat_prompts  # noqa: F401  (part of this module's interface: R.chat_prompts)
+from ..model.generation import Edit, greedy
 from ..model.interventions import diff_in_means, subspace_cosine
 
 # The paper's list (official scripts/exp_behavioral.py), matched in the first LABEL_CHARS characters.
@@ -96,19 +95,6 @@ def is_degenerate(completion: str, min_letters: int = 3) -> bool:
     return sum(ch.isalpha() for ch in completion) < min_letters
 
 
-class Edit(Protocol):
-    """What :func:`generate` needs from an intervention (e.g. ``ep.model.interventions.Ablation``).
-
-    ``layers``: the decoder blocks it edits. ``edit(hidden, layer)`` maps a block's output
-    [batch, pos, d] to its replacement; it is called at every generation step (the whole prompt at
-    step 0, the one new position at each later step), so every position is edited.
-    """
-
-    layers: tuple[int, ...]
-
-    def __call__(self, hidden: torch.Tensor, layer: int) -> torch.Tensor: ...
-
-
 @dataclass
 class Generations:
     """Completions of one :func:`generate` call, in the order of its prompts."""
@@ -141,75 +127,19 @@ class Generations:
         return ActivationBatch(self.final_acts[layer], torch.arange(n), self.length - 1, self.last_token)
 
 
-def _generate_batch(model, prompts: list[str], max_new_tokens: int, edit: Edit | None,
-                    record: Sequence[int]) -> tuple[list[str], dict[int, torch.Tensor]]:
-    tok = model.tokenizer
-    if tok.padding_side != "left":
-        raise ValueError("generation needs a left-padded tokenizer (the new token follows the last real one)")
-    if tok.pad_token_id == tok.eos_token_id:
-        warnings.warn("pad = eos: a padded prompt may be read as finished; give the tokenizer its own pad token",
-                      stacklevel=3)
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    device = model.device
-    inputs = {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-    blocks = decoder_layers(model)
-    edit_layers = set(edit.layers) if edit is not None else set()
-    saved: dict[int, torch.Tensor] = {}  # made outside the trace; holds .save()d values
-    with model.generate(max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id) as tracer:
-        with tracer.invoke(inputs):
-            if edit_layers or record:
-                # An open loop runs every step (it ends when generation does); recording alone needs step 0.
-                for step in tracer.all() if edit_layers else tracer.iter[0]:
-                    for layer in sorted(edit_layers | (set(record) if step == 0 else set())):  # execution order
-                        hidden = blocks[layer].output
-                        if layer in edit_layers:
-                            hidden = edit(hidden, layer)
-                            blocks[layer].output = hidden
-                        if step == 0 and layer in record:
-                            saved[layer] = hidden[:, -1].float().cpu().save()  # last prompt token (left padding)
-        with tracer.invoke():  # a separate invoke: runs after the open loop above has ended
-            ids = tracer.result.save()
-    completions = tok.batch_decode(ids[:, enc["input_ids"].shape[1]:].cpu(), skip_special_tokens=True)
-    return completions, saved
-
-
 @torch.no_grad()
 def generate(model, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
-             edit: Edit | None = None, record_layers: Sequence[int] = (), progress: bool = True,
-             desc: str = "generate") -> Generations:
+             edit: Edit | None = None, record_layers: Sequence[int] = (), remote: bool | str = False,
+             progress: bool = True, desc: str = "generate") -> Generations:
     """Greedy completions of chat-templated ``prompts``, in left-padded batches, optionally edited.
 
-    Prompts are sorted by token length (less padding), run in batches of at most ``batch_size`` (as
-    even as possible) and returned in their original order. With left padding and pad ≠ eos a prompt's
-    completion does not depend on its batch (tested). ``record_layers`` also returns, from the same
-    pass, the block outputs (after the edit, if any) at each prompt's last token: ``final_acts``.
+    One call of ``ep.model.generation.greedy`` (batching, edits at every step, ``remote``), decoded.
+    ``record_layers`` also returns, from the same pass, the block outputs (after the edit, if any) at
+    each prompt's last token: ``final_acts``.
     """
-    prompts = list(prompts)
-    if not prompts:
-        raise ValueError("no prompts")
-    ids = model.tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    lengths = [len(i) for i in ids]
-    order = np.argsort(lengths, kind="stable")
-    completions: list[str | None] = [None] * len(prompts)
-    acts: dict[int, list[torch.Tensor]] = {layer: [] for layer in record_layers}
-    n_batches = -(-len(prompts) // batch_size)
-    size = -(-len(prompts) // n_batches)  # even batches: 84 prompts at batch_size 64 run as 42 + 42
-    starts = range(0, len(prompts), size)
-    with warnings.catch_warnings():
-        # the open step loop ends by design when generation stops; nnsight warns about it every time
-        warnings.filterwarnings("ignore", message=".*was never reached.*")
-        for s in tqdm(starts, desc=desc, disable=not progress):
-            idx = order[s:s + size]
-            texts, saved = _generate_batch(model, [prompts[i] for i in idx], max_new_tokens, edit, record_layers)
-            for i, text in zip(idx, texts):
-                completions[i] = text
-            for layer in record_layers:
-                acts[layer].append(saved[layer])
-    final = {}
-    inverse = torch.as_tensor(np.argsort(order))
-    for layer, parts in acts.items():
-        final[layer] = torch.cat(parts)[inverse]
-    return Generations(prompts, completions, final, torch.tensor([i[-1] for i in ids]), torch.tensor(lengths))
+    out = greedy(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, edit=edit,
+                 record_layers=record_layers, remote=remote, progress=progress, desc=desc)
+    return Generations(list(prompts), out.texts(model.tokenizer), out.final_acts, out.last_token, out.length)
 
 
 # -----------------------------------------------------------------------------

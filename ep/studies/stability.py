@@ -57,7 +57,7 @@ def build_in_orders(batch: ActivationBatch, calibration: Calibration, seeds: lis
 
 def pair_cosines(a: Dictionary, b: Dictionary, basis: str = "mean") -> dict[str, np.ndarray]:
     """Hungarian-match a's regions to b's on ``basis`` cosine; matched cosines in both bases and the pairs."""
-    m = match_dictionaries(a, b, cutoff=-1.0, basis=basis)
+    m = match_dictionaries(a, b, min_cosine=-1.0, basis=basis)
     i, j = m.a_ids, m.b_ids
     cos = lambda x, y: (x[i].double() * y[j].double()).sum(1).numpy()
     return {"a": i, "b": j, "mean": cos(a.mean_directions, b.mean_directions),
