@@ -5,10 +5,10 @@ Hugging Face cache in the hub's own layout (``models--ep-dry-run--tiny-gemma-2/s
 load it by the hub id ``ep-dry-run/tiny-gemma-2`` with ``HF_HUB_OFFLINE=1``: the exact code path of
 ``google/gemma-2-2b`` (the hub client resolves the id; no download). Each notebook runs with that id, the paper's
 layer (20) and ``check_claims=False``: random weights cannot meet the science asserts, but every shape and invariant
-assert still runs. Notebooks not listed here cannot run this way yet: 00 (its dictionaries are the published
-stand-ins of a real model), 04 (no check_claims; needs a chat template), 05 (its LoRA sibling needs a base model
-that answers few-shot prompts), 06 (no check_claims; SAE training). 08 has check_claims, but its dry
-run (max_tokens 6000, 2 prompts) had not finished after ~13 min on the shared 2-core machine: too slow for CI as is.
+assert still runs. Notebooks not listed here cannot run this way (each says why in its parameter cell): 00 (its
+dictionaries are the published stand-ins of a real model), 04 (a random model never refuses, so no region passes
+the candidate rule), 05 (its LoRA sibling needs a base model that answers few-shot prompts). 08's dry run
+(max_tokens 6000, 2 prompts) had not finished after ~13 min on the shared 2-core machine: too slow for CI as is.
 """
 
 from pathlib import Path
@@ -21,6 +21,9 @@ DRY_RUNS = {  # notebook -> parameters beyond the model, the layer and check_cla
     "01_activations": {"max_tokens": 6000},
     "02_dictionary": {},
     "03_ood": {},
+    "06_sae": {"layer": 12, "max_tokens": 2000, "calib_docs": 20, "sae_steps": 20, "sae_batch_size": 256,  # paper: L12
+               "match_tokens": 2000, "min_active": 5, "n_per_language": 8, "n_harmful": 16, "n_code": 8,
+               "n_axbench": 4, "coverage_tokens": [1000]},
     "07_axbench": {"sweep_layers": [20], "n_train_pos": 8, "n_train_neg": 8, "n_eval": 4, "build_tokens": 2000,
                    "calibration_docs": 20, "n_boot": 2, "sae_width": 64, "sae_steps": 5},
     "09_stability": {},
