@@ -56,6 +56,9 @@ def spherical_centre(acts, chunk_size: int = 65536) -> torch.Tensor:
     acts [N, d] -> centre [d] float32.
     direction = normalised mean of a/||a||; magnitude = <mean(a), direction>;
     centre = magnitude * direction. Accumulated in float64, chunked over rows.
+
+    >>> spherical_centre(torch.tensor([[2.0, 0.0], [0.0, 1.0]])).tolist()  # direction (1, 1)/√2, magnitude 1.5/√2
+    [0.75, 0.75]
     """
     a = check_acts(acts)
     n, d = a.shape
@@ -71,7 +74,12 @@ def spherical_centre(acts, chunk_size: int = 65536) -> torch.Tensor:
 
 
 def to_directions(acts, centre) -> torch.Tensor:
-    """acts [N, d] raw, centre [d] -> u [N, d] float32 centred unit rows (zero rows stay 0)."""
+    """acts [N, d] raw, centre [d] -> u [N, d] float32 centred unit rows (zero rows stay 0).
+
+    >>> to_directions(torch.tensor([[4.0, 5.0], [1.0, 1.0]]), torch.tensor([1.0, 1.0]))  # (3, 4)/5; a == c stays 0
+    tensor([[0.6000, 0.8000],
+            [0.0000, 0.0000]])
+    """
     a = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.asarray(acts))
     c = torch.as_tensor(centre).to(a.device, torch.float32)
     if a.ndim != 2 or a.shape[1] != c.shape[0]:
