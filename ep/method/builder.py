@@ -21,10 +21,11 @@ import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._version import __version__
-from .calibration import Calibration, check_acts, load_arrays, save_arrays, to_directions
+from .calibration import Calibration, load_arrays, save_arrays
 from .dictionary import SCHEMA_VERSION, Dictionary
 from .leader import LeaderClustering, torch_threads
 
@@ -34,27 +35,34 @@ def _merge_top(dist_state: torch.Tensor, ctx_state: torch.Tensor, region: torch.
     """
     In place: per region keep the S candidates of smallest (largest) distance, ties to the
     earliest stream index. dist_state [K, S] (NaN pad), ctx_state [K, S, 4] (-1 pad);
-    candidates region [M], dist [M], ctx [M, 4] (column 3 = stream index).
-    Trick: pool the touched regions' current samples with the candidates, order the pool
-    by (region, ±dist, stream index) with three stable sorts (least significant key first),
-    rank each row within its region, and write back the rows of rank < S.
+    candidates region [M], dist [M], ctx [M, 4] (column 3 = stream index, larger than any kept one).
+    Trick: drop candidates no better than a full region's worst sample (a tie loses: it came later);
+    pool the touched regions' samples (in slot order) with the rest (in stream order), so one
+    stable sort by (region, ±dist) orders ties by stream index; rank within each region, and
+    write back the rows of rank < S.
     """
     S = dist_state.shape[1]
     if S == 0 or region.numel() == 0:
         return
+    worst = dist_state[:, S - 1].index_select(0, region)  # [M], NaN while the region has < S samples
+    keep = ~(dist >= worst if not largest else dist <= worst)  # NaN compares False: kept
+    if not bool(keep.all()):
+        keep = keep.nonzero()[:, 0]
+        region, dist, ctx = region.index_select(0, keep), dist.index_select(0, keep), ctx.index_select(0, keep)
+        if region.numel() == 0:
+            return
     # flat slot = region * S + j; index_select / index_copy_ (fancy indexing is slow on CPU)
     flat_d, flat_c = dist_state.view(-1), ctx_state.view(-1, 4)     # [K*S], [K*S, 4]
     touched = torch.unique(region)                                   # [T]
     slots = (touched[:, None] * S + torch.arange(S, device=region.device)).reshape(-1)  # [T*S]
-    old_c = flat_c.index_select(0, slots)
-    kept = slots.index_select(0, (old_c[:, 3] >= 0).nonzero()[:, 0])  # drop padding
+    kept = slots.index_select(0, (flat_c.index_select(0, slots)[:, 3] >= 0).nonzero()[:, 0])  # drop padding
     reg = torch.cat([kept // S, region])                             # the pool, [P]
     dst = torch.cat([flat_d.index_select(0, kept), dist])
     cx = torch.cat([flat_c.index_select(0, kept), ctx])
-    order = torch.argsort(cx[:, 3], stable=True)
-    key = dst.index_select(0, order)
-    order = order.index_select(0, torch.argsort(-key if largest else key, stable=True))
-    order = order.index_select(0, torch.argsort(reg.index_select(0, order), stable=True))
+    bits = dst.view(torch.int32).long()  # float order as integers: flip the magnitude bits of negatives
+    key = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2**31    # [P] in [0, 2^32)
+    key = (2**32 - 1 - key) if largest else key
+    order = torch.sort(reg * 2**32 + key, stable=True).indices
     reg = reg.index_select(0, order)                                 # sorted by region
     rank = torch.arange(reg.numel(), device=reg.device) - torch.searchsorted(reg, reg)
     sel = (rank < S).nonzero()[:, 0]
@@ -123,18 +131,30 @@ class DictionaryBuilder:
             return self._add_arrays(acts, doc, pos, token)
 
     def _add_arrays(self, acts, doc, pos, token) -> int:
-        a = check_acts(acts, self.dim, allow_empty=True)
+        a = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.asarray(acts))
+        if a.ndim != 2 or a.shape[1] != self.dim:
+            raise ValueError(f"acts must have shape [N, {self.dim}], got {tuple(a.shape)}")
         n = a.shape[0]
         cols = [torch.as_tensor(x).reshape(-1).to(self.device, torch.int64) for x in (doc, pos, token)]
         if any(c.shape[0] != n for c in cols):
             raise ValueError(f"doc/pos/token must have {n} entries, got {[c.shape[0] for c in cols]}")
         ctx = torch.stack(cols + [self.tokens + torch.arange(n, device=self.device)], dim=1)  # [n, 4]
+        chunks = [self._directions(a[s:s + self.chunk_size]) for s in range(0, n, self.chunk_size)]
         k0 = self.num_regions
-        for s in range(0, n, self.chunk_size):  # re-chunk to the leader batch size
-            u = to_directions(a[s:s + self.chunk_size].to(self.device), self.centre)
+        for s, u in zip(range(0, n, self.chunk_size), chunks):  # re-chunk to the leader batch size
             self._add_chunk(u, ctx[s:s + self.chunk_size])
         self.tokens += n
         return self.num_regions - k0
+
+    def _directions(self, a: torch.Tensor) -> torch.Tensor:
+        """Raw rows a [B, d] -> centred unit rows [B, d] float32, the same numbers as `to_directions`.
+
+        Checked for NaN / inf through the row norms (one [B] test instead of a pass over [B, d])."""
+        x = a.to(self.device, torch.float32) - self.centre  # [B, d]
+        norm = x.norm(dim=1, keepdim=True)  # [B, 1]: NaN or inf in a row makes its norm NaN or inf
+        if not bool(torch.isfinite(norm).all()) and not bool(torch.isfinite(a).all()):
+            raise ValueError("acts contains NaN or inf")
+        return x / norm.clamp_min(1e-12)
 
     def add(self, batch) -> int:
         """Stream one ActivationBatch-like object (.acts, .doc, .pos, .token)."""
