@@ -98,6 +98,7 @@ class DictionaryBuilder:
         self.centre = calibration.centre.detach().to(self.device, torch.float32)  # [d]
         self._cap = 0
         self._grow(0)
+        self._ubuf = torch.empty(0, self.dim, device=self.device)  # scratch for the directions of a chunk
 
     def _grow(self, cap: int) -> None:
         """Reallocate per-region state with capacity `cap`, keeping the current rows."""
@@ -139,22 +140,26 @@ class DictionaryBuilder:
         if any(c.shape[0] != n for c in cols):
             raise ValueError(f"doc/pos/token must have {n} entries, got {[c.shape[0] for c in cols]}")
         ctx = torch.stack(cols + [self.tokens + torch.arange(n, device=self.device)], dim=1)  # [n, 4]
-        chunks = [self._directions(a[s:s + self.chunk_size]) for s in range(0, n, self.chunk_size)]
+        if n and not bool(a.sum(dim=1).isfinite().all()) and not bool(torch.isfinite(a).all()):
+            raise ValueError("acts contains NaN or inf")  # (a finite row sum proves the row finite)
         k0 = self.num_regions
-        for s, u in zip(range(0, n, self.chunk_size), chunks):  # re-chunk to the leader batch size
-            self._add_chunk(u, ctx[s:s + self.chunk_size])
+        for s in range(0, n, self.chunk_size):  # re-chunk to the leader batch size
+            self._add_chunk(self._directions(a[s:s + self.chunk_size]), ctx[s:s + self.chunk_size])
         self.tokens += n
         return self.num_regions - k0
 
     def _directions(self, a: torch.Tensor) -> torch.Tensor:
         """Raw rows a [B, d] -> centred unit rows [B, d] float32, the same numbers as `to_directions`.
 
-        Checked for NaN / inf through the row norms (one [B] test instead of a pass over [B, d])."""
-        x = a.to(self.device, torch.float32) - self.centre  # [B, d]
-        norm = x.norm(dim=1, keepdim=True)  # [B, 1]: NaN or inf in a row makes its norm NaN or inf
-        if not bool(torch.isfinite(norm).all()) and not bool(torch.isfinite(a).all()):
-            raise ValueError("acts contains NaN or inf")
-        return x / norm.clamp_min(1e-12)
+        Written into a buffer reused from chunk to chunk: a fresh block over 32 MB is mapped anew by glibc
+        every time, and faulting its pages in cost as much as the arithmetic (d = 2304)."""
+        B = a.shape[0]
+        if self._ubuf.shape[0] < B:
+            self._ubuf = torch.empty(B, self.dim, device=self.device)
+        if a.dtype not in (torch.float32, torch.bfloat16, torch.float16):  # these widen to fp32 exactly
+            a = a.float()  # as to_directions: round to fp32 first, then subtract in fp32
+        x = torch.sub(a.to(self.device), self.centre, out=self._ubuf[:B])  # [B, d] float32
+        return x.div_(x.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     def add(self, batch) -> int:
         """Stream one ActivationBatch-like object (.acts, .doc, .pos, .token)."""
@@ -171,7 +176,8 @@ class DictionaryBuilder:
         if k1 > self._cap:
             self._grow(max(k1, 2 * self._cap, 64))          # amortised doubling
         self._counts[:k1] += torch.bincount(region, minlength=k1)
-        self._sums.index_add_(0, region, u.double())
+        for s in range(0, u.shape[0], 512):  # float64 copies in slices: no large fresh blocks
+            self._sums.index_add_(0, region[s:s + 512], u[s:s + 512].double())
         self._ex_ctx[k0:k1] = ctx[is_new]
         old = ~is_new                                       # exemplars are not sampled
         dist = (1.0 - sim[old]).float()

@@ -30,6 +30,7 @@ CHUNK = 1 << 25  # bf16 scores per GEMM block (64 MB)
 ROW_BLOCK = 512  # rows per block of the within-batch GEMM
 GROUP = 16  # columns per block of the candidate scan (`_blockmax`)
 SUB_BATCH = 512  # smallest sub-batch of add() while the exemplars are fewer
+MAX_ROWS_X_DIM = 1 << 22  # largest sub-batch in entries (16 MB of fp32): glibc reuses blocks up to 32 MB
 
 
 def dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -288,13 +289,18 @@ class LeaderClustering:
         """
         x, out, s = _as_rows(directions, self.dim).to(self.device), [], 0
         while s < x.shape[0] or not out:
-            # with few exemplars yet, most rows of a batch reach the within-batch stage, whose graph of pairs
-            # within threshold is dense on real (anisotropic) activations: take sub-batches that grow with K
-            step = max(SUB_BATCH, self._k)
+            step = self._step()
             is_new, near, sim = self._add(x[s : s + step], nearest=True)
             out.append((is_new, near, sim.float()))
             s += step
         return tuple(torch.cat(t) for t in zip(*out))
+
+    def _step(self) -> int:
+        """Rows per sub-batch. With few exemplars yet, most rows of a batch reach the within-batch stage,
+        whose graph of pairs within threshold is dense on real (anisotropic) activations: sub-batches grow
+        with K. Capped in size because a fresh block over 32 MB (glibc's largest reused one) is mapped
+        anew every time, and faulting its pages in costs as much as the arithmetic."""
+        return max(SUB_BATCH, min(self._k, MAX_ROWS_X_DIM // self.dim))
 
     @torch.no_grad()
     def _add(self, x: torch.Tensor, nearest: bool):
@@ -487,7 +493,7 @@ def leader_cluster(directions, threshold: float, batch_size: int = 4096) -> np.n
     lc, bs, out = LeaderClustering(x.shape[1], threshold, device=x.device if x.is_cuda else None), int(batch_size), []
     s = 0
     while s < x.shape[0]:
-        step = min(bs, max(SUB_BATCH, lc.num_exemplars))  # as in add(): sub-batches grow with K
+        step = min(bs, lc._step())  # as in add(): sub-batches grow with K
         with torch_threads(None):
             is_new = lc._add(x[s : s + step].to(lc.device), nearest=False)[0]
         out.append(is_new.nonzero()[:, 0].cpu() + s)
