@@ -261,7 +261,7 @@ class LeaderClustering:
         self.dim, self.threshold, self.tau = int(dim), float(threshold), 1.0 - float(threshold)
         self.device = torch.device(device) if device is not None else default_device()
         self._e32 = torch.empty(0, self.dim, device=self.device)  # [cap, d], rows [:k] in use
-        self._e16 = torch.zeros(0, self.dim, dtype=torch.bfloat16, device=self.device)  # [cap, d], 0 beyond k
+        self._e16 = torch.empty(0, self.dim, dtype=torch.bfloat16, device=self.device)  # [cap, d]
         self._k, self._eps, self._norm = 0, 0.0, 0.0  # count, max ||e - bf16(e)||, max(||e||, ||bf16(e)||)
         self._buf = torch.empty(0, dtype=torch.bfloat16, device=self.device)  # GEMM output scratch
         upper = torch.ones(ROW_BLOCK, ROW_BLOCK, dtype=torch.bool, device=self.device).triu()
@@ -345,10 +345,10 @@ class LeaderClustering:
         found, step = [], max(GROUP, CHUNK // B // GROUP * GROUP)
         for c0 in range(0, k0, step):
             w = min(k0 - c0, step)
-            wp = -(-w // GROUP) * GROUP  # padded to whole blocks; rows beyond k of _e16 are 0
+            wp = -(-w // GROUP) * GROUP  # padded to whole blocks with spare rows of _e16 (any bits) ...
             s = self._mm(xb, self._e16[c0 : c0 + wp], B, wp)  # [B, wp]
             if wp > w:
-                s[:, w:] = -torch.inf
+                s[:, w:] = -torch.inf  # ... whose scores are overwritten
             bm, cmax = _blockmax(s)
             if nearest:
                 bound = torch.maximum(lo, cmax - 2 * m_one)
@@ -422,9 +422,10 @@ class LeaderClustering:
         if todo.numel() == 0:
             return
         wp = -(-pos.numel() // GROUP) * GROUP
-        s = self._mm(xb[todo], self._e16[k0 : k0 + wp], todo.numel(), wp)  # [t, wp]; rows beyond k are 0
+        s = self._mm(xb[todo], self._e16[k0 : k0 + wp], todo.numel(), wp)  # [t, wp]
         born = torch.searchsorted(pos, todo)  # [t] leaders born before each row
-        s.masked_fill_(torch.arange(wp, device=x.device)[None, :] >= born[:, None], -torch.inf)
+        unborn = torch.arange(wp, device=x.device)[None, :] >= born[:, None]  # [t, wp] (and spare rows of _e16)
+        s.masked_fill_(unborn, -torch.inf)
         bm, _ = _blockmax(s)
         r, c, _ = _at_least(s, bm, sim[todo] - m_one[todo])  # could reach the current choice
         if r.numel() == 0:
@@ -466,7 +467,7 @@ class LeaderClustering:
             raise ValueError(f"exemplars must be [K, {self.dim}], got {tuple(x.shape)}")
         self._k = 0
         self._e32 = torch.empty(0, self.dim, device=self.device)
-        self._e16 = torch.zeros(0, self.dim, dtype=torch.bfloat16, device=self.device)
+        self._e16 = torch.empty(0, self.dim, dtype=torch.bfloat16, device=self.device)
         self._append(x, torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
         self._eps, self._norm = float(eps), float(norm)
 
@@ -474,10 +475,10 @@ class LeaderClustering:
         k, n = self._k, rows.shape[0]
         if n == 0:
             return
-        if k + n + GROUP > self._e32.shape[0]:  # capacity doubling; GROUP spare zero rows pad the last block
-            cap = max(k + n + GROUP, 2 * self._e32.shape[0], 256)
+        if k + n + GROUP > self._e32.shape[0]:  # capacity doubling; >= GROUP spare rows pad the last block
+            cap = max(k + n + GROUP, 2 * self._e32.shape[0], 4096)  # (untouched pages of empty() cost nothing)
             self._e32 = torch.cat([self._e32[:k], self._e32.new_empty(cap - k, self.dim)])
-            self._e16 = torch.cat([self._e16[:k], self._e16.new_zeros(cap - k, self.dim)])
+            self._e16 = torch.cat([self._e16[:k], self._e16.new_empty(cap - k, self.dim)])
         self._e32[k : k + n], self._e16[k : k + n] = rows, rows.bfloat16()
         self._k += n
         self._eps, self._norm = max(self._eps, eps.max().item()), max(self._norm, rnorm.max().item())
