@@ -97,22 +97,23 @@ class DictionaryBuilder:
         self.device = self.leader.device
         self.centre = calibration.centre.detach().to(self.device, torch.float32)  # [d]
         self._cap = 0
-        self._grow(0)
+        self._grow(0, 0)
         self._ubuf = torch.empty(0, self.dim, device=self.device)  # scratch for the directions of a chunk
 
-    def _grow(self, cap: int) -> None:
-        """Reallocate per-region state with capacity `cap`, keeping the current rows."""
+    def _grow(self, cap: int, keep: int) -> None:
+        """Reallocate per-region state with capacity `cap`, keeping rows [:keep]. The sums of later rows are
+        left unset (zeroed as their regions appear): fresh pages cost a fault each, only touch what is used."""
         S, kw = self.n_samples, {"device": self.device}
         new = {"counts": torch.zeros(cap, dtype=torch.int64, **kw),                 # [cap]
-               "sums": torch.zeros(cap, self.dim, dtype=torch.float64, **kw),      # [cap, d] Σ u
+               "sums": torch.empty(cap, self.dim, dtype=torch.float64, **kw),      # [cap, d] Σ u
                "ex_ctx": torch.full((cap, 4), -1, dtype=torch.int64, **kw),         # [cap, 4]
                "near_dist": torch.full((cap, S), float("nan"), **kw),               # [cap, S]
                "near_ctx": torch.full((cap, S, 4), -1, dtype=torch.int64, **kw),    # [cap, S, 4]
                "far_dist": torch.full((cap, S), float("nan"), **kw),
                "far_ctx": torch.full((cap, S, 4), -1, dtype=torch.int64, **kw)}
         for name, t in new.items():
-            if self._cap:
-                t[:self._cap] = getattr(self, "_" + name)
+            if keep:
+                t[:keep] = getattr(self, "_" + name)[:keep]
             setattr(self, "_" + name, t)
         self._cap = cap
 
@@ -174,7 +175,8 @@ class DictionaryBuilder:
             raise RuntimeError("LeaderClustering reported inconsistent exemplar counts")
         region = nearest                                    # [B] region at arrival (exact, any chunking)
         if k1 > self._cap:
-            self._grow(max(k1, 2 * self._cap, 64))          # amortised doubling
+            self._grow(max(k1, 2 * self._cap, 64), k0)      # amortised doubling
+        self._sums[k0:k1].zero_()                           # the new regions
         self._counts[:k1] += torch.bincount(region, minlength=k1)
         for s in range(0, u.shape[0], 512):  # float64 copies in slices: no large fresh blocks
             self._sums.index_add_(0, region[s:s + 512], u[s:s + 512].double())
@@ -207,7 +209,7 @@ class DictionaryBuilder:
                              "delete it, or pass the calibration it was made with")
         self.leader.restore(arrays["exemplars"], info["leader_eps"], info["leader_norm"])
         k = self.leader.num_exemplars
-        self._grow(max(k, 64))
+        self._grow(max(k, 64), 0)
         for name in _STATE:
             getattr(self, "_" + name)[:k] = arrays[name].to(self.device)
         self.tokens, self.meta = int(info["tokens"]), info["meta"]
