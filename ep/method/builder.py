@@ -141,26 +141,31 @@ class DictionaryBuilder:
         if any(c.shape[0] != n for c in cols):
             raise ValueError(f"doc/pos/token must have {n} entries, got {[c.shape[0] for c in cols]}")
         ctx = torch.stack(cols + [self.tokens + torch.arange(n, device=self.device)], dim=1)  # [n, 4]
-        if n and not bool(a.sum(dim=1).isfinite().all()) and not bool(torch.isfinite(a).all()):
+        one = n <= self.chunk_size  # one chunk: its directions' norms check it; else check all before adding any
+        if not one and not bool(a.sum(dim=1).isfinite().all()) and not bool(torch.isfinite(a).all()):
             raise ValueError("acts contains NaN or inf")  # (a finite row sum proves the row finite)
         k0 = self.num_regions
         for s in range(0, n, self.chunk_size):  # re-chunk to the leader batch size
-            self._add_chunk(self._directions(a[s:s + self.chunk_size]), ctx[s:s + self.chunk_size])
+            self._add_chunk(self._directions(a[s:s + self.chunk_size], check=one), ctx[s:s + self.chunk_size])
         self.tokens += n
         return self.num_regions - k0
 
-    def _directions(self, a: torch.Tensor) -> torch.Tensor:
+    def _directions(self, a: torch.Tensor, check: bool) -> torch.Tensor:
         """Raw rows a [B, d] -> centred unit rows [B, d] float32, the same numbers as `to_directions`.
 
         Written into a buffer reused from chunk to chunk: a fresh block over 32 MB is mapped anew by glibc
-        every time, and faulting its pages in cost as much as the arithmetic (d = 2304)."""
+        every time, and faulting its pages in cost as much as the arithmetic (d = 2304). check: raise on
+        NaN / inf, seen in the row norms (a non-finite row has a non-finite norm)."""
         B = a.shape[0]
         if self._ubuf.shape[0] < B:
             self._ubuf = torch.empty(B, self.dim, device=self.device)
         if a.dtype not in (torch.float32, torch.bfloat16, torch.float16):  # these widen to fp32 exactly
             a = a.float()  # as to_directions: round to fp32 first, then subtract in fp32
         x = torch.sub(a.to(self.device), self.centre, out=self._ubuf[:B])  # [B, d] float32
-        return x.div_(x.norm(dim=1, keepdim=True).clamp_min(1e-12))
+        norm = x.norm(dim=1, keepdim=True)  # [B, 1]
+        if check and not bool(norm.isfinite().all()) and not bool(torch.isfinite(a).all()):
+            raise ValueError("acts contains NaN or inf")
+        return x.div_(norm.clamp_min(1e-12))
 
     def add(self, batch) -> int:
         """Stream one ActivationBatch-like object (.acts, .doc, .pos, .token)."""
@@ -169,7 +174,7 @@ class DictionaryBuilder:
     def _add_chunk(self, u: torch.Tensor, ctx: torch.Tensor) -> None:
         # u [B, d] unit rows, ctx [B, 4]
         k0 = self.num_regions
-        is_new, nearest, sim = self.leader.add(u)
+        is_new, nearest, sim = self.leader._add_rows(u)  # u is checked, contiguous, on the device
         k1 = self.num_regions
         if k1 != k0 + int(is_new.sum()):
             raise RuntimeError("LeaderClustering reported inconsistent exemplar counts")

@@ -287,7 +287,11 @@ class LeaderClustering:
         >>> [t.tolist() for t in lc.add([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])]
         [[True, True, False], [0, 1, 1], [1.0, 1.0, 0.800000011920929]]
         """
-        x, out, s = _as_rows(directions, self.dim).to(self.device), [], 0
+        return self._add_rows(_as_rows(directions, self.dim).to(self.device))
+
+    def _add_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """add() without the input checks: x [B, d] float32, contiguous, finite, on self.device."""
+        out, s = [], 0
         while s < x.shape[0] or not out:
             step = self._step()
             is_new, near, sim = self._add(x[s : s + step], nearest=True)
@@ -325,7 +329,7 @@ class LeaderClustering:
         matched, near, sim = self._match_old(x, xb, lo, hi, m_one, tol, near, sim, nearest)
         # 2. the other rows among themselves: leaders become exemplars, followers join the nearest one
         u = (~matched).nonzero()[:, 0]  # [n]
-        lead, near_u, sim_u = self._within(x[u], xb[u], lo[u], hi[u], m_one[u], tol, nearest)
+        lead, near_u, sim_u = self._within(x, xb, u, lo[u], hi[u], m_one[u], tol, nearest)
         is_new[u[lead]] = True
         if nearest:
             near[u], sim[u] = near_u, sim_u
@@ -370,16 +374,18 @@ class LeaderClustering:
             near, sim = torch.where(matched, arg, near), torch.where(matched, top, sim)
         return matched, near, sim
 
-    def _within(self, xu, xbu, lo, hi, m_one, tol, nearest: bool):
-        """The sequential rule among rows xu [n, d] that matched no earlier exemplar. -> lead [n] bool, and
-        (if `nearest`) each row's nearest exemplar id [n] and similarity [n] float64 (leaders: themselves, 1).
+    def _within(self, x, xb, u, lo, hi, m_one, tol, nearest: bool):
+        """The sequential rule among the rows x[u] (u [n]) that matched no earlier exemplar. -> lead [n] bool,
+        and (if `nearest`) each one's nearest exemplar id [n] and similarity [n] float64 (leaders: own, 1).
 
         Blocks of rows against all earlier rows give the pairs within threshold (bf16, then float64 in
         the band); `_leaders` applies the rule to that graph."""
-        n, dev, k0 = xu.shape[0], self.device, self._k
+        n, dev, k0 = u.shape[0], self.device, self._k
         found = []
-        if n:
-            cols = torch.cat([xbu, xbu.new_zeros(-n % GROUP, xbu.shape[1])])  # [n padded, d]
+        xbu = torch.empty(-(-n // GROUP) * GROUP, self.dim, dtype=xb.dtype, device=dev)  # [n padded, d]
+        torch.index_select(xb, 0, u, out=xbu[:n])
+        xbu[n:] = 0
+        cols = xbu
         for r0 in range(0, n, ROW_BLOCK):
             r1 = min(n, r0 + ROW_BLOCK)
             wp = -(-r1 // GROUP) * GROUP
@@ -393,7 +399,7 @@ class LeaderClustering:
         f = torch.full_like(v, torch.nan)
         exact = torch.zeros_like(r, dtype=torch.bool)
         band = (v <= hi[r]).nonzero()[:, 0]  # and v >= lo: only these need float64
-        f[band], exact[band] = _settled(xu, r[band], xu, c[band], self.tau, tol)
+        f[band], exact[band] = _settled(x, u[r[band]], x, u[c[band]], self.tau, tol)
         adj = (v > hi[r]) | (f >= self.tau)
         lead = _leaders(n, r[adj], c[adj])  # [n]
         if not nearest:
@@ -405,8 +411,8 @@ class LeaderClustering:
         win = (v >= top[r] - 2 * m_one[r]).nonzero()[:, 0]
         r, c, f, exact = r[win], c[win], f[win], exact[win]
         todo = f.isnan().nonzero()[:, 0]
-        f[todo], exact[todo] = _settled(xu, r[todo], xu, c[todo], self.tau, tol)
-        top, j = _argmax_exact(r, c, f, exact, n, tol, lambda m: _pair_dot64(xu, r[m], xu, c[m]))
+        f[todo], exact[todo] = _settled(x, u[r[todo]], x, u[c[todo]], self.tau, tol)
+        top, j = _argmax_exact(r, c, f, exact, n, tol, lambda m: _pair_dot64(x, u[r[m]], x, u[c[m]]))
         near = torch.where(lead, rank, rank[j.clamp(max=n - 1)])
         return lead, near, torch.where(lead, 1.0, top)
 
