@@ -181,12 +181,14 @@ class DictionaryBuilder:
         region = nearest                                    # [B] region at arrival (exact, any chunking)
         if k1 > self._cap:
             self._grow(max(k1, 2 * self._cap, 64), k0)      # amortised doubling
-        self._sums[k0:k1].zero_()                           # the new regions
         self._counts[:k1] += torch.bincount(region, minlength=k1)
-        for s in range(0, u.shape[0], 512):  # float64 copies in slices: no large fresh blocks
-            self._sums.index_add_(0, region[s:s + 512], u[s:s + 512].double())
-        self._ex_ctx[k0:k1] = ctx[is_new]
+        self._sums[k0:k1] = u[is_new]                       # a new region's first member is its exemplar
         old = ~is_new                                       # exemplars are not sampled
+        rest = old.nonzero()[:, 0]                          # (0 + u = u: the same sums as adding all rows)
+        for s in range(0, rest.shape[0], 512):  # float64 copies in slices: no large fresh blocks
+            i = rest[s:s + 512]
+            self._sums.index_add_(0, region.index_select(0, i), u.index_select(0, i).double())
+        self._ex_ctx[k0:k1] = ctx[is_new]
         dist = (1.0 - sim[old]).float()
         _merge_top(self._near_dist, self._near_ctx, region[old], dist, ctx[old], largest=False)
         _merge_top(self._far_dist, self._far_ctx, region[old], dist, ctx[old], largest=True)

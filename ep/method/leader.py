@@ -12,8 +12,12 @@ decides on the same numbers. Results are identical for every batch size.
 
 Speed: scores come from a bf16 GEMM (several times the fp32 rate with AMX / avx512_bf16) with a
 proven error bound m (`_margin`): a score > tau + m is surely a match, < tau - m surely not; only the
-few pairs in between are recomputed with dot64. Which of a batch's unmatched rows become exemplars is
-settled in rounds of tensor ops on the sparse "within threshold" graph (`_leaders`), not row by row.
+few pairs in between, and each row's candidates for its nearest exemplar, are recomputed in float64
+(`_settled`: any summation order is within `_tol` of dot64, and dot64 itself is used only where that
+leaves the decision, the fp32 rounding of the similarity or the argmax open). The candidates are
+found from maxima over blocks of 16 columns (`_blockmax`, `_at_least`), not by scanning every score
+twice. Which of a batch's unmatched rows become exemplars is settled in rounds of tensor ops on the
+sparse "within threshold" graph (`_leaders`), not row by row.
 """
 
 import contextlib
