@@ -34,6 +34,7 @@ import torch
 import ep
 from ep.method.builder import DictionaryBuilder
 from ep.method.calibration import Calibration, spherical_centre, to_directions
+from ep.method.leader import fair_threads
 from ep.show.notebook import machine
 
 HERE = Path(__file__).parent
@@ -169,7 +170,7 @@ def main() -> None:
                            "official_regions": len(off["exemplars"]),
                            "ours_s": sum(best["ours"]), "official_s": sum(best["official"]),
                            "ours_first_s": best["ours"][0], "official_first_s": best["official"][0],
-                           "loads": loads()}
+                           "loads": loads(), "ours_threads_now": fair_threads()}
                     if not row["identical"]:
                         row["mismatch"] = explain(x, centre, theta, ex_o, off["exemplars"])
                     row["speedup"] = row["official_s"] / row["ours_s"]
@@ -189,17 +190,21 @@ def main() -> None:
     (HERE / "results" / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     m = res["machine"]
     lines = [f"# The builder vs the official `Dictionary.add_batch` (batch {args.batch}, best of {args.reps})", "",
-             f"{m['cpu']}, torch {m['torch']}, {res['torch_threads']} torch threads; started "
+             f"`python benchmarks/bench_official.py {' '.join(sys.argv[1:])}`. "
+             f"{m['cpu']}, torch {m['torch']}, {res['torch_threads']} torch threads at most (ours takes "
+             "`fair_threads()` per batch: the cores other runnable tasks leave free; `threads` below is its value "
+             "when the row ended; the official's OpenBLAS always runs 2); started "
              f"{start['time']} (load {start['loads']}), ended {res['end']['time']} (load {res['end']['loads']}). "
              "`loaded`: a competing process runs two threads of fp32 GEMMs throughout.", "",
              "| condition | data | regime | theta | regions | identical | ours (s) | official (s) | x official "
-             "| first call ours / official (s) | x first | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| first call ours / official (s) | x first | load | threads |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['condition']} | {r['data']} | {r['regime']} | {r['theta']:.3f} | {r['regions']} | "
                      f"{'yes' if r['identical'] else 'NO: ' + str(r['official_regions'])} | {r['ours_s']:.2f} | "
                      f"{r['official_s']:.2f} | {r['speedup']:.1f} | {r['ours_first_s']:.3f} / "
-                     f"{r['official_first_s']:.3f} | {r['first_speedup']:.1f} | {r['loads']} |")
+                     f"{r['official_first_s']:.3f} | {r['first_speedup']:.1f} | {r['loads']} | "
+                     f"{r['ours_threads_now']} |")
     for r in rows:
         if "mismatch" in r:
             mm = r["mismatch"]
