@@ -486,9 +486,11 @@ class LeaderClustering:
         if n == 0:
             return
         if k + n + GROUP > self._e32.shape[0]:  # capacity doubling; >= GROUP spare rows pad the last block
-            cap = max(k + n + GROUP, 2 * self._e32.shape[0], 4096)  # (untouched pages of empty() cost nothing)
-            self._e32 = torch.cat([self._e32[:k], self._e32.new_empty(cap - k, self.dim)])
-            self._e16 = torch.cat([self._e16[:k], self._e16.new_empty(cap - k, self.dim)])
+            # from 64M entries: pages of empty() are only mapped when written, and growing copies everything
+            cap = max(k + n + GROUP, 2 * self._e32.shape[0], (1 << 26) // self.dim)
+            e32, e16 = self._e32.new_empty(cap, self.dim), self._e16.new_empty(cap, self.dim)
+            e32[:k], e16[:k] = self._e32[:k], self._e16[:k]  # (not torch.cat: it would write every row)
+            self._e32, self._e16 = e32, e16
         self._e32[k : k + n], self._e16[k : k + n] = rows, rows.bfloat16()
         self._k += n
         self._eps, self._norm = max(self._eps, eps.max().item()), max(self._norm, rnorm.max().item())
