@@ -337,7 +337,8 @@ class LeaderClustering:
         is_new[u[lead]] = True
         if nearest:
             near[u], sim[u] = near_u, sim_u
-        self._append(x[u[lead]], eps[u[lead]], rnorm[u[lead]])
+        new = u[lead]
+        self._append(x, xb, new, eps[new], rnorm[new])
         # 3. rows matched in step 1 may be more similar still to an exemplar born earlier in this batch
         if nearest:
             self._arrival_nearest(x, xb, is_new, near, sim, m_one, tol, k0)
@@ -478,11 +479,14 @@ class LeaderClustering:
         self._k = 0
         self._e32 = torch.empty(0, self.dim, device=self.device)
         self._e16 = torch.empty(0, self.dim, dtype=torch.bfloat16, device=self.device)
-        self._append(x, torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
+        idx = torch.arange(x.shape[0], device=self.device)
+        self._append(x, x.bfloat16(), idx, torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
         self._eps, self._norm = float(eps), float(norm)
 
-    def _append(self, rows: torch.Tensor, eps: torch.Tensor, rnorm: torch.Tensor) -> None:
-        k, n = self._k, rows.shape[0]
+    def _append(self, x: torch.Tensor, xb: torch.Tensor, idx: torch.Tensor, eps: torch.Tensor,
+                rnorm: torch.Tensor) -> None:
+        """New exemplars: rows idx [n] of x [B, d] (fp32) and of xb = bf16(x), with their eps and rnorm [n]."""
+        k, n = self._k, idx.shape[0]
         if n == 0:
             return
         if k + n + GROUP > self._e32.shape[0]:  # capacity doubling; >= GROUP spare rows pad the last block
@@ -491,7 +495,8 @@ class LeaderClustering:
             e32, e16 = self._e32.new_empty(cap, self.dim), self._e16.new_empty(cap, self.dim)
             e32[:k], e16[:k] = self._e32[:k], self._e16[:k]  # (not torch.cat: it would write every row)
             self._e32, self._e16 = e32, e16
-        self._e32[k : k + n], self._e16[k : k + n] = rows, rows.bfloat16()
+        torch.index_select(x, 0, idx, out=self._e32[k : k + n])  # gathered straight into place
+        torch.index_select(xb, 0, idx, out=self._e16[k : k + n])
         self._k += n
         self._eps, self._norm = max(self._eps, eps.max().item()), max(self._norm, rnorm.max().item())
 
