@@ -38,6 +38,8 @@ from ep.method.leader import fair_threads
 from ep.show.notebook import machine
 
 HERE = Path(__file__).parent
+THREADS: list[int] = []  # fair_threads() at the start of each of our runs
+PAUSE = 0.5  # seconds between runs: lets the idle threads of the side that just ran go to sleep
 
 WORKER = r'''
 import importlib, json, sys, time, types
@@ -101,6 +103,7 @@ def theta_for(x: np.ndarray, centre: torch.Tensor, regions_frac: float) -> float
 def ours(x: np.ndarray, centre: torch.Tensor, theta: float, batch: int):
     cal = Calibration(centre=centre, threshold=theta, percentile=float("nan"), n_tokens=0)
     b, times = DictionaryBuilder(cal, chunk_size=batch), []
+    THREADS.append(fair_threads())  # what the builder is about to pick for its first batch
     n = x.shape[0]
     doc, pos = torch.arange(n) // 128, torch.arange(n) % 128
     for s in range(0, n, batch):
@@ -157,7 +160,9 @@ def main() -> None:
                     theta = theta_for(x, centre, frac) if frac < 1 else 1e-3
                     best = {"ours": None, "official": None}
                     for _ in range(args.reps):  # alternate: ours, official, ours, official
+                        time.sleep(PAUSE)  # the other side's idle BLAS / OpenMP threads spin a while after work
                         t_o, ex_o = ours(x, centre, theta, args.batch)
+                        time.sleep(PAUSE)
                         worker.stdin.write(json.dumps({"data": str(tmp / "x.npy"), "centre": str(tmp / "c.npy"),
                                                        "theta": theta, "batch": args.batch}) + "\n")
                         worker.stdin.flush()
@@ -170,7 +175,7 @@ def main() -> None:
                            "official_regions": len(off["exemplars"]),
                            "ours_s": sum(best["ours"]), "official_s": sum(best["official"]),
                            "ours_first_s": best["ours"][0], "official_first_s": best["official"][0],
-                           "loads": loads(), "ours_threads_now": fair_threads()}
+                           "loads": loads(), "ours_threads_now": THREADS[-1]}
                     if not row["identical"]:
                         row["mismatch"] = explain(x, centre, theta, ex_o, off["exemplars"])
                     row["speedup"] = row["official_s"] / row["ours_s"]
@@ -193,7 +198,7 @@ def main() -> None:
              f"`python benchmarks/bench_official.py {' '.join(sys.argv[1:])}`. "
              f"{m['cpu']}, torch {m['torch']}, {res['torch_threads']} torch threads at most (ours takes "
              "`fair_threads()` per batch: the cores other runnable tasks leave free; `threads` below is its value "
-             "when the row ended; the official's OpenBLAS always runs 2); started "
+             "when our last run of the row started; the official's OpenBLAS always runs 2); started "
              f"{start['time']} (load {start['loads']}), ended {res['end']['time']} (load {res['end']['loads']}). "
              "`loaded`: a competing process runs two threads of fp32 GEMMs throughout.", "",
              "| condition | data | regime | theta | regions | identical | ours (s) | official (s) | x official "

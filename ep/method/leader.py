@@ -210,17 +210,35 @@ def _leaders(n: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
         state[und & ~follow & ~wait] = 1
 
 
+def _own_running() -> int:
+    """Threads of this process in state R (running or runnable) now, from /proc/self/task/*/stat."""
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        n += stat[stat.rindex(")") + 2] == "R"  # the state follows the "(comm)" field
+    return n
+
+
 def fair_threads(samples: int = 5) -> int:
     """Threads worth using now: the cores of this process not already taken by other runnable tasks (>= 1).
 
     On a shared machine an OpenMP pool wider than the free cores waits at every barrier for a descheduled
     thread; a 2-core machine under load ran the builder 4x faster on 1 thread than on 2. Linux's
-    /proc/loadavg counts the tasks runnable right now (this reader included); the median of a few reads."""
+    /proc/loadavg counts the tasks runnable right now; this process's own (the reader, and OpenMP workers
+    still spinning after the last parallel op) are not "other" load. The median of a few reads."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
-        reads = sorted(int(open("/proc/loadavg").read().split()[3].split("/")[0]) - 1 for _ in range(samples))
+        reads = []
+        for _ in range(samples):
+            total = int(open("/proc/loadavg").read().split()[3].split("/")[0])
+            reads.append(total - max(1, _own_running()))
     except (OSError, ValueError, IndexError):
         return torch.get_num_threads()
+    reads.sort()
     return max(1, min(torch.get_num_threads(), cores - reads[samples // 2]))
 
 
