@@ -5,12 +5,18 @@ import pytest
 import torch
 
 from ep.method.leader import (
+    GROUP,
     SAFETY,
     U_BF16,
     LeaderClustering,
+    _argmax_exact,
+    _at_least,
+    _blockmax,
     _leaders,
     _margin,
     _pair_dot64,
+    _settled,
+    _tol,
     dot64,
     leader_cluster,
     leader_cluster_reference,
@@ -239,3 +245,49 @@ def test_cuda_matches_cpu():
     x = clustered(3000, 256, 40, seed=5)
     for theta in (0.3, 0.6):
         np.testing.assert_array_equal(leader_cluster(x.cuda(), theta), leader_cluster_reference(x, theta))
+
+
+@pytest.mark.parametrize("sparse", [True, False])
+def test_block_scan_equals_full_scan(sparse):
+    """_blockmax / _at_least against a plain comparison of every score: positive, negative and skipped bounds."""
+    g = torch.Generator().manual_seed(3)
+    s = (torch.randn(200, 8 * GROUP, generator=g) * 0.3).bfloat16()  # [200, 128], both signs
+    s[5] = -torch.rand(8 * GROUP, generator=g).bfloat16() - 0.1  # an all-negative row
+    _, top = _blockmax(s)
+    assert torch.equal(top, s.double().amax(dim=1))
+    bound = (top - (0.05 if sparse else 2.0)).clamp_min(0.01)  # sparse: near the max; dense: almost all positives
+    bound[:10] = torch.linspace(-0.5, -0.01, 10, dtype=torch.float64)  # non-positive bounds: the float path
+    bound[10:15] = torch.inf  # skipped rows
+    r, c, v = _at_least(s, _blockmax(s)[0], bound)
+    want = (s.double() >= bound[:, None]).nonzero()
+    got = torch.stack([r, c], 1)
+    assert torch.equal(got[torch.argsort(r * 10**6 + c)], want)
+    assert torch.equal(v, s[r, c].double())
+
+
+def test_settled_rounds_and_decides_like_dot64():
+    g = torch.Generator().manual_seed(4)
+    x = torch.nn.functional.normalize(torch.randn(300, 640, generator=g), dim=1)
+    i, j = torch.randint(0, 300, (2, 3000), generator=g)
+    exact = _pair_dot64(x, i, x, j)
+    tau = float(exact[7])  # a pair exactly at the threshold: only dot64 can say it is >= tau
+    f, was_exact = _settled(x, i, x, j, tau, _tol(640, 1.0 + 1e-6))
+    assert torch.equal(f.float(), exact.float())  # the same fp32 similarity
+    assert torch.equal(f >= tau, exact >= tau) and bool(was_exact[7])
+    assert (f - exact).abs().max() <= _tol(640, 1.0 + 1e-6)
+
+
+def test_argmax_exact_breaks_near_ties_on_dot64():
+    g = torch.Generator().manual_seed(5)
+    x = torch.nn.functional.normalize(torch.randn(50, 64, generator=g), dim=1)
+    row = torch.tensor([0, 0, 0, 1, 1])
+    col = torch.tensor([3, 1, 2, 4, 5])
+    xs = torch.stack([x[0], x[0], x[0], x[1], x[1]])  # a[row]
+    ys = torch.stack([x[10], x[10], x[11], x[12], x[13]])  # cols 3 and 1 of row 0: the same vector, an exact tie
+    exact = dot64(xs, ys)
+    f = exact + torch.tensor([1e-15, -1e-15, 0.0, 0.0, 0.0], dtype=torch.float64)  # settled values may be off
+    best, arg = _argmax_exact(row, col, f, torch.zeros(5, dtype=torch.bool), 2, 1e-13,
+                              lambda m: dot64(xs[m], ys[m]))
+    order0 = [(float(exact[k]), -int(col[k])) for k in range(3)]
+    assert arg[0] == -max(order0)[1] and best[0] == max(order0)[0]  # the tie goes to the lowest col, 1
+    assert arg[1] == col[3 + int(exact[4] > exact[3])]

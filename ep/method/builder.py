@@ -21,10 +21,11 @@ import math
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .._version import __version__
-from .calibration import Calibration, check_acts, load_arrays, save_arrays, to_directions
+from .calibration import Calibration, load_arrays, save_arrays
 from .dictionary import SCHEMA_VERSION, Dictionary
 from .leader import LeaderClustering, torch_threads
 
@@ -34,27 +35,34 @@ def _merge_top(dist_state: torch.Tensor, ctx_state: torch.Tensor, region: torch.
     """
     In place: per region keep the S candidates of smallest (largest) distance, ties to the
     earliest stream index. dist_state [K, S] (NaN pad), ctx_state [K, S, 4] (-1 pad);
-    candidates region [M], dist [M], ctx [M, 4] (column 3 = stream index).
-    Trick: pool the touched regions' current samples with the candidates, order the pool
-    by (region, ±dist, stream index) with three stable sorts (least significant key first),
-    rank each row within its region, and write back the rows of rank < S.
+    candidates region [M], dist [M], ctx [M, 4] (column 3 = stream index, larger than any kept one).
+    Trick: drop candidates no better than a full region's worst sample (a tie loses: it came later);
+    pool the touched regions' samples (in slot order) with the rest (in stream order), so one
+    stable sort by (region, ±dist) orders ties by stream index; rank within each region, and
+    write back the rows of rank < S.
     """
     S = dist_state.shape[1]
     if S == 0 or region.numel() == 0:
         return
+    worst = dist_state[:, S - 1].index_select(0, region)  # [M], NaN while the region has < S samples
+    keep = ~(dist >= worst if not largest else dist <= worst)  # NaN compares False: kept
+    if not bool(keep.all()):
+        keep = keep.nonzero()[:, 0]
+        region, dist, ctx = region.index_select(0, keep), dist.index_select(0, keep), ctx.index_select(0, keep)
+        if region.numel() == 0:
+            return
     # flat slot = region * S + j; index_select / index_copy_ (fancy indexing is slow on CPU)
     flat_d, flat_c = dist_state.view(-1), ctx_state.view(-1, 4)     # [K*S], [K*S, 4]
     touched = torch.unique(region)                                   # [T]
     slots = (touched[:, None] * S + torch.arange(S, device=region.device)).reshape(-1)  # [T*S]
-    old_c = flat_c.index_select(0, slots)
-    kept = slots.index_select(0, (old_c[:, 3] >= 0).nonzero()[:, 0])  # drop padding
+    kept = slots.index_select(0, (flat_c.index_select(0, slots)[:, 3] >= 0).nonzero()[:, 0])  # drop padding
     reg = torch.cat([kept // S, region])                             # the pool, [P]
     dst = torch.cat([flat_d.index_select(0, kept), dist])
     cx = torch.cat([flat_c.index_select(0, kept), ctx])
-    order = torch.argsort(cx[:, 3], stable=True)
-    key = dst.index_select(0, order)
-    order = order.index_select(0, torch.argsort(-key if largest else key, stable=True))
-    order = order.index_select(0, torch.argsort(reg.index_select(0, order), stable=True))
+    bits = dst.view(torch.int32).long()  # float order as integers: flip the magnitude bits of negatives
+    key = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits) + 2**31    # [P] in [0, 2^32)
+    key = (2**32 - 1 - key) if largest else key
+    order = torch.sort(reg * 2**32 + key, stable=True).indices
     reg = reg.index_select(0, order)                                 # sorted by region
     rank = torch.arange(reg.numel(), device=reg.device) - torch.searchsorted(reg, reg)
     sel = (rank < S).nonzero()[:, 0]
@@ -89,21 +97,23 @@ class DictionaryBuilder:
         self.device = self.leader.device
         self.centre = calibration.centre.detach().to(self.device, torch.float32)  # [d]
         self._cap = 0
-        self._grow(0)
+        self._grow(0, 0)
+        self._ubuf = torch.empty(0, self.dim, device=self.device)  # scratch for the directions of a chunk
 
-    def _grow(self, cap: int) -> None:
-        """Reallocate per-region state with capacity `cap`, keeping the current rows."""
+    def _grow(self, cap: int, keep: int) -> None:
+        """Reallocate per-region state with capacity `cap`, keeping rows [:keep]. The sums of later rows are
+        left unset (zeroed as their regions appear): fresh pages cost a fault each, only touch what is used."""
         S, kw = self.n_samples, {"device": self.device}
         new = {"counts": torch.zeros(cap, dtype=torch.int64, **kw),                 # [cap]
-               "sums": torch.zeros(cap, self.dim, dtype=torch.float64, **kw),      # [cap, d] Σ u
+               "sums": torch.empty(cap, self.dim, dtype=torch.float64, **kw),      # [cap, d] Σ u
                "ex_ctx": torch.full((cap, 4), -1, dtype=torch.int64, **kw),         # [cap, 4]
                "near_dist": torch.full((cap, S), float("nan"), **kw),               # [cap, S]
                "near_ctx": torch.full((cap, S, 4), -1, dtype=torch.int64, **kw),    # [cap, S, 4]
                "far_dist": torch.full((cap, S), float("nan"), **kw),
                "far_ctx": torch.full((cap, S, 4), -1, dtype=torch.int64, **kw)}
         for name, t in new.items():
-            if self._cap:
-                t[:self._cap] = getattr(self, "_" + name)
+            if keep:
+                t[:keep] = getattr(self, "_" + name)[:keep]
             setattr(self, "_" + name, t)
         self._cap = cap
 
@@ -123,18 +133,39 @@ class DictionaryBuilder:
             return self._add_arrays(acts, doc, pos, token)
 
     def _add_arrays(self, acts, doc, pos, token) -> int:
-        a = check_acts(acts, self.dim, allow_empty=True)
+        a = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.asarray(acts))
+        if a.ndim != 2 or a.shape[1] != self.dim:
+            raise ValueError(f"acts must have shape [N, {self.dim}], got {tuple(a.shape)}")
         n = a.shape[0]
         cols = [torch.as_tensor(x).reshape(-1).to(self.device, torch.int64) for x in (doc, pos, token)]
         if any(c.shape[0] != n for c in cols):
             raise ValueError(f"doc/pos/token must have {n} entries, got {[c.shape[0] for c in cols]}")
         ctx = torch.stack(cols + [self.tokens + torch.arange(n, device=self.device)], dim=1)  # [n, 4]
+        one = n <= self.chunk_size  # one chunk: its directions' norms check it; else check all before adding any
+        if not one and not bool(a.sum(dim=1).isfinite().all()) and not bool(torch.isfinite(a).all()):
+            raise ValueError("acts contains NaN or inf")  # (a finite row sum proves the row finite)
         k0 = self.num_regions
         for s in range(0, n, self.chunk_size):  # re-chunk to the leader batch size
-            u = to_directions(a[s:s + self.chunk_size].to(self.device), self.centre)
-            self._add_chunk(u, ctx[s:s + self.chunk_size])
+            self._add_chunk(self._directions(a[s:s + self.chunk_size], check=one), ctx[s:s + self.chunk_size])
         self.tokens += n
         return self.num_regions - k0
+
+    def _directions(self, a: torch.Tensor, check: bool) -> torch.Tensor:
+        """Raw rows a [B, d] -> centred unit rows [B, d] float32, the same numbers as `to_directions`.
+
+        Written into a buffer reused from chunk to chunk: a fresh block over 32 MB is mapped anew by glibc
+        every time, and faulting its pages in cost as much as the arithmetic (d = 2304). check: raise on
+        NaN / inf, seen in the row norms (a non-finite row has a non-finite norm)."""
+        B = a.shape[0]
+        if self._ubuf.shape[0] < B:
+            self._ubuf = torch.empty(B, self.dim, device=self.device)
+        if a.dtype not in (torch.float32, torch.bfloat16, torch.float16):  # these widen to fp32 exactly
+            a = a.float()  # as to_directions: round to fp32 first, then subtract in fp32
+        x = torch.sub(a.to(self.device), self.centre, out=self._ubuf[:B])  # [B, d] float32
+        norm = x.norm(dim=1, keepdim=True)  # [B, 1]
+        if check and not bool(norm.isfinite().all()) and not bool(torch.isfinite(a).all()):
+            raise ValueError("acts contains NaN or inf")
+        return x.div_(norm.clamp_min(1e-12))
 
     def add(self, batch) -> int:
         """Stream one ActivationBatch-like object (.acts, .doc, .pos, .token)."""
@@ -143,17 +174,21 @@ class DictionaryBuilder:
     def _add_chunk(self, u: torch.Tensor, ctx: torch.Tensor) -> None:
         # u [B, d] unit rows, ctx [B, 4]
         k0 = self.num_regions
-        is_new, nearest, sim = self.leader.add(u)
+        is_new, nearest, sim = self.leader._add_rows(u)  # u is checked, contiguous, on the device
         k1 = self.num_regions
         if k1 != k0 + int(is_new.sum()):
             raise RuntimeError("LeaderClustering reported inconsistent exemplar counts")
         region = nearest                                    # [B] region at arrival (exact, any chunking)
         if k1 > self._cap:
-            self._grow(max(k1, 2 * self._cap, 64))          # amortised doubling
+            self._grow(max(k1, 2 * self._cap, 64), k0)      # amortised doubling
         self._counts[:k1] += torch.bincount(region, minlength=k1)
-        self._sums.index_add_(0, region, u.double())
-        self._ex_ctx[k0:k1] = ctx[is_new]
+        self._sums[k0:k1] = u[is_new]                       # a new region's first member is its exemplar
         old = ~is_new                                       # exemplars are not sampled
+        rest = old.nonzero()[:, 0]                          # (0 + u = u: the same sums as adding all rows)
+        for s in range(0, rest.shape[0], 512):  # float64 copies in slices: no large fresh blocks
+            i = rest[s:s + 512]
+            self._sums.index_add_(0, region.index_select(0, i), u.index_select(0, i).double())
+        self._ex_ctx[k0:k1] = ctx[is_new]
         dist = (1.0 - sim[old]).float()
         _merge_top(self._near_dist, self._near_ctx, region[old], dist, ctx[old], largest=False)
         _merge_top(self._far_dist, self._far_ctx, region[old], dist, ctx[old], largest=True)
@@ -181,7 +216,7 @@ class DictionaryBuilder:
                              "delete it, or pass the calibration it was made with")
         self.leader.restore(arrays["exemplars"], info["leader_eps"], info["leader_norm"])
         k = self.leader.num_exemplars
-        self._grow(max(k, 64))
+        self._grow(max(k, 64), 0)
         for name in _STATE:
             getattr(self, "_" + name)[:k] = arrays[name].to(self.device)
         self.tokens, self.meta = int(info["tokens"]), info["meta"]

@@ -12,8 +12,12 @@ decides on the same numbers. Results are identical for every batch size.
 
 Speed: scores come from a bf16 GEMM (several times the fp32 rate with AMX / avx512_bf16) with a
 proven error bound m (`_margin`): a score > tau + m is surely a match, < tau - m surely not; only the
-few pairs in between are recomputed with dot64. Which of a batch's unmatched rows become exemplars is
-settled in rounds of tensor ops on the sparse "within threshold" graph (`_leaders`), not row by row.
+few pairs in between, and each row's candidates for its nearest exemplar, are recomputed in float64
+(`_settled`: any summation order is within `_tol` of dot64, and dot64 itself is used only where that
+leaves the decision, the fp32 rounding of the similarity or the argmax open). The candidates are
+found from maxima over blocks of 16 columns (`_blockmax`, `_at_least`), not by scanning every score
+twice. Which of a batch's unmatched rows become exemplars is settled in rounds of tensor ops on the
+sparse "within threshold" graph (`_leaders`), not row by row.
 """
 
 import contextlib
@@ -26,9 +30,11 @@ from .device import default_device
 
 U_BF16 = 2.0**-8  # unit roundoff of bf16 (8 significant bits)
 SAFETY = 1.25  # factor on the proven input + accumulation error
-CHUNK = 1 << 25  # bf16 scores per GEMM block (64 MB)
+CHUNK = 1 << 22  # bf16 scores per GEMM block (8 MB: fresh pages cost a fault each)
 ROW_BLOCK = 512  # rows per block of the within-batch GEMM
+GROUP = 16  # columns per block of the candidate scan (`_blockmax`)
 SUB_BATCH = 512  # smallest sub-batch of add() while the exemplars are fewer
+MAX_ROWS_X_DIM = 1 << 22  # largest sub-batch in entries (16 MB of fp32): glibc reuses blocks up to 32 MB
 
 
 def dot64(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -78,6 +84,52 @@ def _pair_dot64(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Te
     return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64, device=a.device)
 
 
+def _fast_dots(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Tensor) -> torch.Tensor:
+    """a[ia] . b[ib] in float64, summed in whatever order the library likes. -> [P]
+
+    The products of fp32 entries are exact in float64, so any order of summation (dot64's included) is
+    within gamma_d R^2 of the exact value: the result is within `_tol` of dot64. Slices of 256 KB stay in cache."""
+    out = torch.empty(ia.shape[0], dtype=torch.float64, device=a.device)
+    step = max(8, (1 << 15) // a.shape[1])
+    for s in range(0, ia.shape[0], step):
+        p = a.index_select(0, ia[s : s + step]).double().mul_(b.index_select(0, ib[s : s + step]))  # [step, d]
+        torch.sum(p, dim=1, out=out[s : s + step])
+    return out
+
+
+def _tol(d: int, norm: float) -> float:
+    """A bound on |float64 sum in any order - dot64| for rows of norm <= `norm` (twice gamma_d R^2, doubled)."""
+    return 4.0 * d * 2.0**-53 / (1 - d * 2.0**-53) * norm * norm
+
+
+def _settled(a, ia, b, ib, tau: float, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float64 dots that decide like dot64: the same side of tau, the same fp32 rounding. -> f [P], exact [P]
+
+    f is within tol of dot64; where that leaves either question open, f is dot64 itself (exact = True)."""
+    f = _fast_dots(a, ia, b, ib)
+    exact = ((f - tau).abs() <= tol) | ((f - tol).float() != (f + tol).float())
+    if bool(exact.any()):
+        f[exact] = _pair_dot64(a, ia[exact], b, ib[exact])
+    return f, exact
+
+
+def _argmax_exact(row, col, f, exact, n: int, tol: float, redo) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row the max of f and its col, lowest col on ties, as dot64 decides. -> [n] float64, [n] int64
+
+    Pairs (row, col) with settled values f [P] (exact [P]: f is dot64 itself). Where a row's runner-up is
+    within 2 tol of its max the order is unsure: those pairs are recomputed with redo(mask) -> dot64."""
+    best = torch.full((n,), -torch.inf, dtype=f.dtype, device=f.device).scatter_reduce(0, row, f, "amax")
+    close = f >= best[row] - 2 * tol
+    if bool((close & ~exact).any()):
+        fix = close & (torch.bincount(row[close], minlength=n)[row] > 1) & ~exact
+        if bool(fix.any()):
+            f = f.clone()
+            f[fix] = redo(fix)
+            best = torch.full((n,), -torch.inf, dtype=f.dtype, device=f.device).scatter_reduce(0, row, f, "amax")
+    top = f == best[row]
+    return best, torch.full((n,), n << 40, device=f.device).scatter_reduce(0, row[top], col[top], "amin")
+
+
 def _margin(eps: torch.Tensor, eps_other: float, norm: float, d: int, level: float) -> torch.Tensor:
     """Bound on |bf16 GEMM score - x.y| for scores near `level`; eps [B] = ||x - bf16(x)|| per row.
 
@@ -93,51 +145,49 @@ def _margin(eps: torch.Tensor, eps_other: float, norm: float, d: int, level: flo
     return e + U_BF16 * (abs(level) + e)
 
 
-def _rowmax(s: torch.Tensor) -> torch.Tensor:
-    """Row maxima of bf16 scores as float64. s [n, w] -> [n].
+def _blockmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Maxima of bf16 scores s [n, w] (w % GROUP == 0) per block of GROUP columns and per row.
 
-    bf16 bit patterns of numbers >= +0 sort like int16, and int16 reductions are ~10x faster on CPU.
-    A row whose int16 max is negative is all negative: its max is then the int16 min."""
-    i = s.view(torch.int16)
-    top = i.amax(dim=1)
+    -> bm [n, w / GROUP] int16 (block j: columns j, j + w/GROUP, ...), top [n] float64 row maxima.
+    bf16 bit patterns of numbers >= +0 sort like int16, and int16 reductions are ~10x faster on CPU; a
+    block (row) whose int16 max is negative is all negative (its bm is then meaningless; its row max is
+    the int16 min, recomputed for those rows)."""
+    i16 = s.view(torch.int16)
+    bm = i16.view(s.shape[0], GROUP, s.shape[1] // GROUP).amax(dim=1)
+    top = bm.amax(dim=1)
     neg = top < 0
-    if neg.any():
-        top[neg] = i[neg].amin(dim=1)
-    return top.view(torch.bfloat16).double()
+    if bool(neg.any()):
+        top[neg] = i16[neg].amin(dim=1)
+    return bm, top.view(torch.bfloat16).double()
 
 
-def _block_pairs(s, lo, hi, m_one, active):
-    """Scan bf16 scores s [n, w] with per-row float64 bounds lo, hi, m_one [n] (hi, m_one may be None).
+def _at_least(s: torch.Tensor, bm: torch.Tensor, bound: torch.Tensor):
+    """The entries of s [n, w] with s >= bound [n] (float64; +inf skips a row). -> rows, cols [h], values [h] f64
 
-    Returns the row maxima [n] and the (row, col, score) of the active rows with score >= lo, skipping
-    rows whose max is > hi and scores more than 2 m_one below the row max (no argmax is there)."""
-    cmax = _rowmax(s)  # [n]
-    rows = (cmax >= lo) & active
-    rows = rows if hi is None else rows & (cmax <= hi)
-    bound = lo if m_one is None else torch.maximum(lo, cmax - 2 * m_one)  # [n]
-    one, arg = torch.zeros_like(rows), torch.zeros(rows.shape, dtype=torch.int64, device=s.device)
-    if m_one is not None and bool(rows.any()):  # rows whose runner-up is below bound have one candidate
-        i16, at = s.view(torch.int16), torch.arange(s.shape[0], device=s.device)
-        arg = i16.argmax(dim=1)  # right where cmax >= +0
-        val = i16[at, arg]
-        i16[at, arg] = torch.iinfo(torch.int16).min  # hide the max (as -0.0, an upper bound: safe)
-        one = rows & (cmax >= 0) & (_rowmax(s) < bound)
-        i16[at, arg] = val
-    rows, single = (rows & ~one).nonzero()[:, 0], one.nonzero()[:, 0]
-    bound, sub = bound[rows], s[rows]  # [r], [r, w]
+    Scans only the blocks whose max reaches the bound (a bf16 number just below it, compared as int16,
+    valid for a positive bound); rows with a bound <= 0 are compared in full, as floats."""
+    n, w = s.shape
     below = (bound - bound.abs() * 2.0**-7 - 1e-30).to(torch.bfloat16)  # a bf16 number <= bound
-    r, c = (sub >= below[:, None]).nonzero(as_tuple=True)
-    v = sub[r, c].double()
+    pos = below > 0
+    r_all, c_all = [], []
+    neg = (~pos & bound.isfinite()).nonzero()[:, 0]
+    if neg.numel():
+        r, c = (s[neg].float() >= below[neg, None].float()).nonzero(as_tuple=True)
+        r_all.append(neg[r]), c_all.append(c)
+    b16 = torch.where(pos, below, torch.full_like(below, torch.inf)).view(torch.int16)  # +inf: nothing passes
+    r, j = (bm >= b16[:, None]).nonzero(as_tuple=True)  # blocks that may hold entries >= bound
+    wg = w // GROUP
+    if r.numel() * 4 > bm.numel():  # dense: one pass over everything is cheaper than gathering blocks
+        r, c = (s.view(torch.int16) >= b16[:, None]).nonzero(as_tuple=True)
+    else:
+        cols = j[:, None] + torch.arange(0, w, wg, device=s.device)  # [h, GROUP]
+        p, t = (s.view(torch.int16)[r[:, None], cols] >= b16[r, None]).nonzero(as_tuple=True)
+        r, c = r[p], cols[p, t]
+    r_all.append(r), c_all.append(c)
+    r, c = torch.cat(r_all), torch.cat(c_all)
+    v = s[r, c].double()
     keep = v >= bound[r]
-    r, c, v = torch.cat([single, rows[r[keep]]]), torch.cat([arg[single], c[keep]]), torch.cat([cmax[single], v[keep]])
-    return cmax, r, c, v
-
-
-def _argmax_rows(row, col, val, n: int):
-    """Per row, the max of val and its col (lowest on ties), from sparse triples. -> [n] float64, [n] int64"""
-    best = torch.full((n,), -torch.inf, dtype=val.dtype, device=val.device).scatter_reduce(0, row, val, "amax")
-    top = val == best[row]
-    return best, torch.full((n,), n << 40, device=val.device).scatter_reduce(0, row[top], col[top], "amin")
+    return r[keep], c[keep], v[keep]
 
 
 def _leaders(n: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
@@ -160,17 +210,35 @@ def _leaders(n: int, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
         state[und & ~follow & ~wait] = 1
 
 
+def _own_running() -> int:
+    """Threads of this process in state R (running or runnable) now, from /proc/self/task/*/stat."""
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        n += stat[stat.rindex(")") + 2] == "R"  # the state follows the "(comm)" field
+    return n
+
+
 def fair_threads(samples: int = 5) -> int:
     """Threads worth using now: the cores of this process not already taken by other runnable tasks (>= 1).
 
     On a shared machine an OpenMP pool wider than the free cores waits at every barrier for a descheduled
     thread; a 2-core machine under load ran the builder 4x faster on 1 thread than on 2. Linux's
-    /proc/loadavg counts the tasks runnable right now (this reader included); the median of a few reads."""
+    /proc/loadavg counts the tasks runnable right now; this process's own (the reader, and OpenMP workers
+    still spinning after the last parallel op) are not "other" load. The median of a few reads."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
-        reads = sorted(int(open("/proc/loadavg").read().split()[3].split("/")[0]) - 1 for _ in range(samples))
+        reads = []
+        for _ in range(samples):
+            total = int(open("/proc/loadavg").read().split()[3].split("/")[0])
+            reads.append(total - max(1, _own_running()))
     except (OSError, ValueError, IndexError):
         return torch.get_num_threads()
+    reads.sort()
     return max(1, min(torch.get_num_threads(), cores - reads[samples // 2]))
 
 
@@ -241,50 +309,34 @@ class LeaderClustering:
         >>> [t.tolist() for t in lc.add([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]])]
         [[True, True, False], [0, 1, 1], [1.0, 1.0, 0.800000011920929]]
         """
-        x, out, s = _as_rows(directions, self.dim).to(self.device), [], 0
+        return self._add_rows(_as_rows(directions, self.dim).to(self.device))
+
+    def _add_rows(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """add() without the input checks: x [B, d] float32, contiguous, finite, on self.device."""
+        out, s = [], 0
         while s < x.shape[0] or not out:
-            # with few exemplars yet, most rows of a batch reach the within-batch stage, whose graph of pairs
-            # within threshold is dense on real (anisotropic) activations: take sub-batches that grow with K
-            step, k0 = max(SUB_BATCH, self._k), self._k
+            step = self._step()
             is_new, near, sim = self._add(x[s : s + step], nearest=True)
-            out.append((is_new, *self._arrival_nearest(x[s : s + step], is_new, near, sim, k0)))
+            out.append((is_new, near, sim.float()))
             s += step
         return tuple(torch.cat(t) for t in zip(*out))
 
-    @torch.no_grad()
-    def _arrival_nearest(self, x: torch.Tensor, is_new: torch.Tensor, near: torch.Tensor, sim: torch.Tensor,
-                         k0: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """_add prefers an exemplar of an earlier batch when one is within threshold; a row may be more
-        similar still to an exemplar born earlier in its own batch. Check those (fp32 screen, dot64 decides).
-        x [B, d], is_new/near/sim [B]; exemplars k0.. are the batch's new ones."""
-        pos = is_new.nonzero()[:, 0]  # [n] rows that became exemplars k0, k0+1, ...
-        B, d = x.shape
-        # only rows matched to an old exemplar (near < k0) after the batch's first new one; a follower's
-        # nearest already is its most similar earlier leader (every old exemplar is below tau for it)
-        todo = ((near < k0) & (torch.arange(B, device=x.device) > pos[0])).nonzero()[:, 0] if pos.numel() else pos
-        if todo.numel() == 0:
-            return near, sim
-        s = x[todo] @ x[pos].T  # [t, n] fp32
-        s.masked_fill_(pos[None, :] >= todo[:, None], -torch.inf)  # not yet born
-        tol = (2.0 * d * 2.0**-24 + 1e-6) * max(1.0, self._norm**2)  # > |fp32 dot - dot64|
-        r, c = (s >= sim[todo, None] - tol).nonzero(as_tuple=True)  # might beat the current choice
-        if r.numel() == 0:
-            return near, sim
-        r = todo[r]
-        rows = torch.unique(r)
-        cand_row, cand_id = torch.cat([rows, r]), torch.cat([near[rows], k0 + c])
-        exact = _pair_dot64(x, cand_row, self._e32, cand_id)  # float64, batch-independent
-        best, win = _argmax_rows(cand_row, cand_id, exact, B)
-        near, sim = near.clone(), sim.clone()
-        near[rows], sim[rows] = win[rows], best[rows].float()
-        return near, sim
+    def _step(self) -> int:
+        """Rows per sub-batch. With few exemplars yet, most rows of a batch reach the within-batch stage,
+        whose graph of pairs within threshold is dense on real (anisotropic) activations: sub-batches grow
+        with K. Capped in size because a fresh block over 32 MB (glibc's largest reused one) is mapped
+        anew every time, and faulting its pages in costs as much as the arithmetic."""
+        return max(SUB_BATCH, min(self._k, MAX_ROWS_X_DIM // self.dim))
 
     @torch.no_grad()
     def _add(self, x: torch.Tensor, nearest: bool):
+        """One sub-batch x [B, d] -> is_new [B], nearest [B] (-1 unless `nearest`), similarity [B] float64.
+
+        The similarity rounds to fp32 exactly as dot64 does (see `_settled`)."""
         B, d, tau, k0, dev = x.shape[0], self.dim, self.tau, self._k, self.device
         is_new = torch.zeros(B, dtype=torch.bool, device=dev)
         near = torch.full((B,), -1, dtype=torch.int64, device=dev)
-        sim = torch.ones(B, dtype=torch.float32, device=dev)
+        sim = torch.ones(B, dtype=torch.float64, device=dev)
         if B == 0:
             return is_new, near, sim
         xb = x.bfloat16()  # [B, d]
@@ -293,64 +345,132 @@ class LeaderClustering:
         rnorm = x.norm(dim=1).double() * grow + eps  # [B] >= ||x||, ||bf16(x)|| (triangle inequality)
         norm, eps_o = max(self._norm, rnorm.max().item()), max(self._eps, eps.max().item())
         m_tau, m_one = _margin(eps, eps_o, norm, d, tau), _margin(eps, eps_o, norm, d, norm * norm)  # [B]
-        lo, hi = tau - m_tau, tau + m_tau  # [B]
+        lo, hi, tol = tau - m_tau, tau + m_tau, _tol(d, norm)  # [B], [B], float
 
-        # 1. against the exemplars of earlier batches, in blocks of columns
+        # 1. against the exemplars of earlier batches
+        matched, near, sim = self._match_old(x, xb, lo, hi, m_one, tol, near, sim, nearest)
+        # 2. the other rows among themselves: leaders become exemplars, followers join the nearest one
+        u = (~matched).nonzero()[:, 0]  # [n]
+        lead, near_u, sim_u = self._within(x, xb, u, lo[u], hi[u], m_one[u], tol, nearest)
+        is_new[u[lead]] = True
+        if nearest:
+            near[u], sim[u] = near_u, sim_u
+        new = u[lead]
+        self._append(x, xb, new, eps[new], rnorm[new])
+        # 3. rows matched in step 1 may be more similar still to an exemplar born earlier in this batch
+        if nearest:
+            self._arrival_nearest(x, xb, is_new, near, sim, m_one, tol, k0)
+        return is_new, near, sim
+
+    def _match_old(self, x, xb, lo, hi, m_one, tol, near, sim, nearest: bool):
+        """Rows x [B, d] within threshold of an exemplar of an earlier batch, and (if `nearest`) their nearest.
+
+        bf16 scores in blocks of columns; a row whose max is > hi is surely matched, < lo surely not; its
+        nearest is among the scores within 2 m_one of the max; the open cases are settled in float64."""
+        B, k0, dev = x.shape[0], self._k, self.device
         best = torch.full((B,), -torch.inf, dtype=torch.float64, device=dev)
-        found, step = [], max(1, CHUNK // B)
+        found, step = [], max(GROUP, CHUNK // B // GROUP * GROUP)
         for c0 in range(0, k0, step):
-            e = self._e16[c0 : min(k0, c0 + step)]  # [w, d]
-            s = self._mm(xb, e, B, e.shape[0])  # [B, w]
+            w = min(k0 - c0, step)
+            wp = -(-w // GROUP) * GROUP  # padded to whole blocks with spare rows of _e16 (any bits) ...
+            s = self._mm(xb, self._e16[c0 : c0 + wp], B, wp)  # [B, wp]
+            if wp > w:
+                s[:, w:] = -torch.inf  # ... whose scores are overwritten
+            bm, cmax = _blockmax(s)
             if nearest:
-                cmax, r, c, v = _block_pairs(s, lo, None, m_one, torch.ones_like(is_new))
+                bound = torch.maximum(lo, cmax - 2 * m_one)
             else:  # only rows in the band need pairs; skip rows already surely matched
-                cmax, r, c, v = _block_pairs(s, lo, hi, None, best <= hi)
+                bound = torch.where((cmax <= hi) & (best <= hi), lo, torch.inf)
+            r, c, v = _at_least(s, bm, bound)
             best = torch.maximum(best, cmax)
             found.append((r, c + c0, v))
         matched = best > hi  # [B]
-        if found:
-            r, c, v = (torch.cat(t) for t in zip(*found))
-            keep = v >= best[r] - 2 * m_one[r] if nearest else ~matched[r]
-            r, c = r[keep], c[keep]
-            exact = _pair_dot64(x, r, self._e32, c)
-            matched[r[exact >= tau]] = True
-            if nearest:
-                top, arg = _argmax_rows(r, c, exact, B)
-                near, sim = torch.where(matched, arg, near), torch.where(matched, top.float(), sim)
+        if not found:
+            return matched, near, sim
+        r, c, v = (torch.cat(t) for t in zip(*found))
+        keep = v >= best[r] - 2 * m_one[r] if nearest else ~matched[r]
+        r, c = r[keep], c[keep]
+        f, exact = _settled(x, r, self._e32, c, self.tau, tol)
+        matched[r[f >= self.tau]] = True
+        if nearest:
+            top, arg = _argmax_exact(r, c, f, exact, B, tol, lambda m: _pair_dot64(x, r[m], self._e32, c[m]))
+            near, sim = torch.where(matched, arg, near), torch.where(matched, top, sim)
+        return matched, near, sim
 
-        # 2. the other rows among themselves: blocks of rows against all earlier rows
-        u = (~matched).nonzero()[:, 0]  # [n]
-        n, xu, xbu, found = u.shape[0], x[u], xb[u], []
+    def _within(self, x, xb, u, lo, hi, m_one, tol, nearest: bool):
+        """The sequential rule among the rows x[u] (u [n]) that matched no earlier exemplar. -> lead [n] bool,
+        and (if `nearest`) each one's nearest exemplar id [n] and similarity [n] float64 (leaders: own, 1).
+
+        Blocks of rows against all earlier rows give the pairs within threshold (bf16, then float64 in
+        the band); `_leaders` applies the rule to that graph."""
+        n, dev, k0 = u.shape[0], self.device, self._k
+        found = []
+        xbu = torch.empty(-(-n // GROUP) * GROUP, self.dim, dtype=xb.dtype, device=dev)  # [n padded, d]
+        torch.index_select(xb, 0, u, out=xbu[:n])
+        xbu[n:] = 0
+        cols = xbu
         for r0 in range(0, n, ROW_BLOCK):
             r1 = min(n, r0 + ROW_BLOCK)
-            s = self._mm(xbu[r0:r1], xbu[:r1], r1 - r0, r1)  # [b, r1]
+            wp = -(-r1 // GROUP) * GROUP
+            s = self._mm(xbu[r0:r1], cols[:wp], r1 - r0, wp)  # [b, wp]
             s[:, r0:r1] += self._tri[: r1 - r0, : r1 - r0]  # -inf on and above the diagonal
-            _, r, c, v = _block_pairs(s, lo[u[r0:r1]], None, None, torch.ones_like(s[:, 0], dtype=torch.bool))
+            s[:, r1:] = -torch.inf
+            bm, _ = _blockmax(s)
+            r, c, v = _at_least(s, bm, lo[r0:r1])
             found.append((r + r0, c, v))
-        r, c, v = (torch.cat(t) for t in zip(*found)) if found else (u, u, u.double())
-        exact = torch.full_like(v, torch.nan)
-        band = v <= hi[u[r]]  # and v >= lo: only these need the exact check
-        exact[band] = _pair_dot64(xu, r[band], xu, c[band])
-        adj = ~band | (exact >= tau)
+        r, c, v = (torch.cat(t) for t in zip(*found)) if found else (lo.long(), lo.long(), lo)
+        f = torch.full_like(v, torch.nan)
+        exact = torch.zeros_like(r, dtype=torch.bool)
+        band = (v <= hi[r]).nonzero()[:, 0]  # and v >= lo: only these need float64
+        f[band], exact[band] = _settled(x, u[r[band]], x, u[c[band]], self.tau, tol)
+        adj = (v > hi[r]) | (f >= self.tau)
         lead = _leaders(n, r[adj], c[adj])  # [n]
-        is_new[u[lead]] = True
-        if nearest:  # followers: the most similar earlier leader of this batch
-            rank = k0 + torch.cumsum(lead, 0) - 1  # [n] global id of each leader
-            fol = lead[c] & ~lead[r]
-            r, c, v, exact = r[fol], c[fol], v[fol], exact[fol]
-            top = torch.full((n,), -torch.inf, dtype=torch.float64, device=dev).scatter_reduce(0, r, v, "amax")
-            win = v >= top[r] - 2 * m_one[u[r]]
-            r, c, exact = r[win], c[win], exact[win]
-            todo = exact.isnan()
-            exact[todo] = _pair_dot64(xu, r[todo], xu, c[todo])
-            top, j = _argmax_rows(r, c, exact, n)
-            near[u] = torch.where(lead, rank, rank[j.clamp(max=n - 1)])
-            sim[u] = torch.where(lead, 1.0, top.float())
-        self._append(x[u[lead]], eps[u[lead]], rnorm[u[lead]])
-        return is_new, near, sim
+        if not nearest:
+            return lead, None, None
+        rank = k0 + torch.cumsum(lead, 0) - 1  # [n] global id of each leader
+        fol = lead[c] & ~lead[r]  # followers' pairs with earlier leaders: all >= tau, one is the nearest
+        r, c, v, f, exact = r[fol], c[fol], v[fol], f[fol], exact[fol]
+        top = torch.full((n,), -torch.inf, dtype=torch.float64, device=dev).scatter_reduce(0, r, v, "amax")
+        win = (v >= top[r] - 2 * m_one[r]).nonzero()[:, 0]
+        r, c, f, exact = r[win], c[win], f[win], exact[win]
+        todo = f.isnan().nonzero()[:, 0]
+        f[todo], exact[todo] = _settled(x, u[r[todo]], x, u[c[todo]], self.tau, tol)
+        top, j = _argmax_exact(r, c, f, exact, n, tol, lambda m: _pair_dot64(x, u[r[m]], x, u[c[m]]))
+        near = torch.where(lead, rank, rank[j.clamp(max=n - 1)])
+        return lead, near, torch.where(lead, 1.0, top)
+
+    def _arrival_nearest(self, x, xb, is_new, near, sim, m_one, tol, k0: int) -> None:
+        """In place: rows matched to an exemplar of an earlier batch may be more similar still to one born
+        earlier in their own batch (exemplars k0, k0 + 1, ...). bf16 screen, settled in float64."""
+        pos = is_new.nonzero()[:, 0]  # [p] rows that became exemplars k0, k0+1, ...
+        B = x.shape[0]
+        if pos.numel() == 0:
+            return
+        # a follower's nearest already is its most similar earlier leader (every old exemplar is below tau)
+        todo = ((near < k0) & (torch.arange(B, device=x.device) > pos[0])).nonzero()[:, 0]  # [t]
+        if todo.numel() == 0:
+            return
+        wp = -(-pos.numel() // GROUP) * GROUP
+        s = self._mm(xb[todo], self._e16[k0 : k0 + wp], todo.numel(), wp)  # [t, wp]
+        born = torch.searchsorted(pos, todo)  # [t] leaders born before each row
+        unborn = torch.arange(wp, device=x.device)[None, :] >= born[:, None]  # [t, wp] (and spare rows of _e16)
+        s.masked_fill_(unborn, -torch.inf)
+        bm, _ = _blockmax(s)
+        r, c, _ = _at_least(s, bm, sim[todo] - m_one[todo])  # could reach the current choice
+        if r.numel() == 0:
+            return
+        r = todo[r]
+        f, exact = _settled(x, r, self._e32, k0 + c, self.tau, tol)
+        rows = torch.unique(r)
+        row = torch.cat([rows, r])
+        col = torch.cat([near[rows], k0 + c])
+        f = torch.cat([sim[rows], f])
+        exact = torch.cat([torch.zeros_like(rows, dtype=torch.bool), exact])
+        best, win = _argmax_exact(row, col, f, exact, B, tol, lambda m: _pair_dot64(x, row[m], self._e32, col[m]))
+        near[rows], sim[rows] = win[rows], best[rows]
 
     def _mm(self, a: torch.Tensor, b: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-        """a @ b.T in bf16 into a reused buffer (fresh 64 MB outputs cost page faults). -> [rows, cols]"""
+        """a @ b.T in bf16 into a reused buffer (fresh outputs cost page faults). -> [rows, cols]"""
         if self._buf.numel() < rows * cols:
             self._buf = torch.empty(max(rows * cols, 2 * self._buf.numel()), dtype=torch.bfloat16, device=self.device)
         out = self._buf[: rows * cols].view(rows, cols)
@@ -374,18 +494,27 @@ class LeaderClustering:
         x = exemplars.to(self.device, torch.float32).contiguous()
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"exemplars must be [K, {self.dim}], got {tuple(x.shape)}")
-        self._e32, self._e16, self._k = x.clone(), x.bfloat16(), x.shape[0]
+        self._k = 0
+        self._e32 = torch.empty(0, self.dim, device=self.device)
+        self._e16 = torch.empty(0, self.dim, dtype=torch.bfloat16, device=self.device)
+        idx = torch.arange(x.shape[0], device=self.device)
+        self._append(x, x.bfloat16(), idx, torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
         self._eps, self._norm = float(eps), float(norm)
 
-    def _append(self, rows: torch.Tensor, eps: torch.Tensor, rnorm: torch.Tensor) -> None:
-        k, n = self._k, rows.shape[0]
+    def _append(self, x: torch.Tensor, xb: torch.Tensor, idx: torch.Tensor, eps: torch.Tensor,
+                rnorm: torch.Tensor) -> None:
+        """New exemplars: rows idx [n] of x [B, d] (fp32) and of xb = bf16(x), with their eps and rnorm [n]."""
+        k, n = self._k, idx.shape[0]
         if n == 0:
             return
-        if k + n > self._e32.shape[0]:  # capacity doubling
-            cap = max(k + n, 2 * self._e32.shape[0], 256)
-            self._e32 = torch.cat([self._e32[:k], self._e32.new_empty(cap - k, self.dim)])
-            self._e16 = torch.cat([self._e16[:k], self._e16.new_empty(cap - k, self.dim)])
-        self._e32[k : k + n], self._e16[k : k + n] = rows, rows.bfloat16()
+        if k + n + GROUP > self._e32.shape[0]:  # capacity doubling; >= GROUP spare rows pad the last block
+            # from 64M entries: pages of empty() are only mapped when written, and growing copies everything
+            cap = max(k + n + GROUP, 2 * self._e32.shape[0], (1 << 26) // self.dim)
+            e32, e16 = self._e32.new_empty(cap, self.dim), self._e16.new_empty(cap, self.dim)
+            e32[:k], e16[:k] = self._e32[:k], self._e16[:k]  # (not torch.cat: it would write every row)
+            self._e32, self._e16 = e32, e16
+        torch.index_select(x, 0, idx, out=self._e32[k : k + n])  # gathered straight into place
+        torch.index_select(xb, 0, idx, out=self._e16[k : k + n])
         self._k += n
         self._eps, self._norm = max(self._eps, eps.max().item()), max(self._norm, rnorm.max().item())
 
@@ -400,7 +529,7 @@ def leader_cluster(directions, threshold: float, batch_size: int = 4096) -> np.n
     lc, bs, out = LeaderClustering(x.shape[1], threshold, device=x.device if x.is_cuda else None), int(batch_size), []
     s = 0
     while s < x.shape[0]:
-        step = min(bs, max(SUB_BATCH, lc.num_exemplars))  # as in add(): sub-batches grow with K
+        step = min(bs, lc._step())  # as in add(): sub-batches grow with K
         with torch_threads(None):
             is_new = lc._add(x[s : s + step].to(lc.device), nearest=False)[0]
         out.append(is_new.nonzero()[:, 0].cpu() + s)
