@@ -41,12 +41,17 @@ HERE = Path(__file__).parent
 THREADS: list[int] = []  # fair_threads() at the start of each of our runs
 PAUSE = 0.5  # seconds between runs: lets the idle threads of the side that just ran go to sleep
 
-WORKER = r'''
+# Imports the official package from the source folder given as argv[1] without running its heavy __init__s
+# (they pull in models and plotting); shared with official_calibration.py.
+OFFICIAL_IMPORT = r'''
 import importlib, json, sys, time, types
 import numpy as np
 root = sys.argv[1]
-for name, path in (("ep", root + "/ep"), ("ep.discovery", root + "/ep/discovery")):  # skip heavy __init__s
+for name, path in (("ep", root + "/ep"), ("ep.discovery", root + "/ep/discovery")):
     m = types.ModuleType(name); m.__path__ = [path]; sys.modules[name] = m
+'''
+
+WORKER = OFFICIAL_IMPORT + r'''
 Dictionary = importlib.import_module("ep.discovery.dictionary").Dictionary
 for line in sys.stdin:
     job = json.loads(line)

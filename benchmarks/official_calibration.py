@@ -26,18 +26,14 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+from bench_official import OFFICIAL_IMPORT  # noqa: E402
 from calibration_data import synthetic_documents  # noqa: E402  (shared with the unit test)
 
 import ep  # noqa: E402
 from ep.method.calibration import calibrate, document_batches  # noqa: E402
 from ep.show.notebook import machine  # noqa: E402
 
-WORKER = r'''
-import importlib, json, sys, types
-import numpy as np
-root = sys.argv[1]
-for name, path in (("ep", root + "/ep"), ("ep.discovery", root + "/ep/discovery")):  # skip heavy __init__s
-    m = types.ModuleType(name); m.__path__ = [path]; sys.modules[name] = m
+WORKER = OFFICIAL_IMPORT + r'''
 calibrate = importlib.import_module("ep.discovery.calibration").calibrate
 for line in sys.stdin:
     job = json.loads(line)
