@@ -157,7 +157,7 @@ def test_without_internet_one_clear_error(monkeypatch):
         raise ConnectionError("Couldn't reach 'fancyzhx/ag_news' on the Hub (LocalEntryNotFoundError)")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(ConnectionError, match="ag_news rows from the Hugging Face hub.*leave the SAEBench tasks out"):
+    with pytest.raises(ConnectionError, match="ag_news rows from upstream.*leave the SAEBench tasks out"):
         P.saebench_task("ag_news", 5)
 
     def dies_midway(*args, **kwargs):  # a stream that fails while it is read gives the same error
@@ -167,3 +167,19 @@ def test_without_internet_one_clear_error(monkeypatch):
     monkeypatch.setattr(datasets, "load_dataset", dies_midway)
     with pytest.raises(ConnectionError, match="TimeoutError"):
         P.saebench_task("ag_news", 5)
+
+
+def test_hub_client_errors_are_network_errors_too(monkeypatch):
+    """huggingface_hub's own HTTP client raises httpx (httpx2 in hub 2.x) errors, not OSErrors (seen here:
+    github-code's hf:// parquet files offline gave a bare httpx2.ConnectError)."""
+    httpx = pytest.importorskip("httpx")
+
+    def offline(*args, **kwargs):
+        raise httpx.ConnectError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(ConnectionError, match="github_code rows from upstream.*ConnectError"):
+        P.saebench_task("github_code", 5)
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: 1 / 0)  # other errors pass through unchanged
+    with pytest.raises(ZeroDivisionError):
+        P.saebench_task("github_code", 5)

@@ -23,7 +23,8 @@ spread over regions keeps. EP's *retention* is accuracy(EP) / accuracy(raw).
 
 Tasks come from the data loaders (``ProbeTask``: texts, integer labels, class names): harmful vs
 harmless instructions, code vs prose, language identity, and AxBench concept vs not (one task per
-concept). :func:`text_activations` runs a task's texts through the model once.
+concept); online, SAEBench's own datasets (:func:`saebench_task`, streamed from the hub).
+:func:`text_activations` runs a task's texts through the model once.
 """
 
 from __future__ import annotations
@@ -245,8 +246,8 @@ def saebench_task(name: str, n_per_class: int = 250, seed: int = 0, pool: int = 
                 return
 
     for args, kwargs, row_fn in sources:
-        data._online(f"SAEBench's {name} rows from the Hugging Face hub", partial(read, args, kwargs, row_fn),
-                     instead="leave the SAEBench tasks out (they need the Hugging Face hub; no mirror holds them)")
+        data._online(f"SAEBench's {name} rows", partial(read, args, kwargs, row_fn),
+                     instead="leave the SAEBench tasks out (they stream from the hub; no mirror holds them)")
     short = [c for c in classes if len(found[c]) < strata]
     if short:
         raise ValueError(f"{name}: the stream read holds no rows (or not both strata) for {short}")
