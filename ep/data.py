@@ -45,14 +45,24 @@ def source() -> str:
     return f"mirror:{root.resolve()}" if root else "upstream"
 
 
-def _online(what: str, fetch):
-    """Run an upstream fetch; without a network (or a hub), say what to do instead of a raw socket error."""
+def _network_error(e: BaseException) -> bool:
+    """URLError, ConnectionError, timeouts and most hub errors are OSErrors; the hub client's own HTTP
+    library (httpx, or httpx2 in huggingface_hub 2) raises a TransportError instead."""
+    return isinstance(e, OSError) or any(c.__name__ == "TransportError" and c.__module__.startswith("httpx")
+                                         for c in type(e).__mro__)
+
+
+def _online(what: str, fetch, instead: str | None = None):
+    """Run an upstream fetch; without a network (or a hub), say what to do instead of a raw socket error
+    (``instead``: that advice, when the offline mirror is not the answer)."""
     try:
         return fetch()
-    except OSError as e:  # URLError, ConnectionError, timeouts and the hub clients' errors derive from it
+    except Exception as e:
+        if not _network_error(e):
+            raise
+        instead = instead or f"set {DATA_ENV} to an offline data mirror (a folder laid out like ../shared/data)"
         raise ConnectionError(
-            f"could not fetch {what} from upstream ({type(e).__name__}: {e}). Without internet, set "
-            f"{DATA_ENV} to an offline data mirror (a folder laid out like ../shared/data)"
+            f"could not fetch {what} from upstream ({type(e).__name__}: {e}). Without internet, {instead}"
         ) from e
 
 

@@ -23,13 +23,15 @@ spread over regions keeps. EP's *retention* is accuracy(EP) / accuracy(raw).
 
 Tasks come from the data loaders (``ProbeTask``: texts, integer labels, class names): harmful vs
 harmless instructions, code vs prose, language identity, and AxBench concept vs not (one task per
-concept). :func:`text_activations` runs a task's texts through the model once.
+concept); online, SAEBench's own datasets (:func:`saebench_task`, streamed from the hub).
+:func:`text_activations` runs a task's texts through the model once.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import scipy.sparse as sp
@@ -144,6 +146,115 @@ def axbench_topics(n_per_concept: int | None = 36, variant: str = "prod_2b_l20_v
         f"{meta['concept_id']}: {meta['concept']}": _sample(
             positive[positive.concept_id == meta["concept_id"]].output.tolist(), n_per_concept, seed)
         for meta in metadata})
+
+
+# -----------------------------------------------------------------------------
+# SAEBench sparse_probing tasks (online only: the Hugging Face hub)
+
+_PROFESSIONS = ("accountant architect attorney chiropractor comedian composer dentist dietitian dj filmmaker "
+                "interior_designer journalist model nurse painter paralegal pastor personal_trainer photographer "
+                "physician poet professor psychologist rapper software_engineer surgeon teacher yoga_teacher").split()
+_AMAZON = {1: "Toys_and_Games", 2: "Cell_Phones_and_Accessories", 3: "Industrial_and_Scientific",
+           5: "Musical_Instruments", 6: "Electronics"}
+_GITHUB_FILES = [f"hf://datasets/codeparrot/github-code/data/train-{i:05d}-of-01126.parquet" for i in range(8)]
+_EUROPARL = {"en": "en-fr", "fr": "fr-it", "de": "de-en", "es": "es-fr", "nl": "nl-pt"}
+
+
+def _bios(ids: tuple[int, ...]):
+    keep = {i: _PROFESSIONS[i] for i in ids}
+    return [(("LabHC/bias_in_bios",), {}, lambda r: (keep.get(r["profession"]), r["hard_text"], r["gender"]))]
+
+
+def _one(path: str, row_fn) -> list:
+    return [((path,), {}, row_fn)]
+
+
+def _code(row: dict) -> tuple[str | None, str, None]:
+    code = row["code"]  # SAEBench: skip ~50 tokens (150 chars) of licence header; keep files longer than 534 chars
+    return (row["language"] if len(code) > 534 else None), code[150:], None
+
+
+# name -> (classes in label order, [(load_dataset args, kwargs, row -> (class or None, text, stratum))])
+SAEBENCH_TASKS = {
+    "bias_in_bios_set1": ([_PROFESSIONS[i] for i in (0, 1, 2, 6, 9)], _bios((0, 1, 2, 6, 9))),
+    "bias_in_bios_set2": ([_PROFESSIONS[i] for i in (11, 13, 14, 18, 19)], _bios((11, 13, 14, 18, 19))),
+    "bias_in_bios_set3": ([_PROFESSIONS[i] for i in (20, 21, 22, 25, 26)], _bios((20, 21, 22, 25, 26))),
+    "amazon_categories": (list(_AMAZON.values()), _one("canrager/amazon_reviews_mcauley_1and5", lambda r: (
+        _AMAZON.get(int(r["category"])), r["text"], float(r["rating"])))),
+    "amazon_sentiment": (["1 star", "5 stars"], _one("canrager/amazon_reviews_mcauley_1and5", lambda r: (
+        {1.0: "1 star", 5.0: "5 stars"}.get(float(r["rating"])), r["text"], None))),
+    "github_code": (["C", "Python", "HTML", "Java", "PHP"], [(("parquet",), {"data_files": _GITHUB_FILES}, _code)]),
+    "ag_news": (["World", "Sports", "Business", "Sci/Tech"], _one("fancyzhx/ag_news", lambda r: (
+        ("World", "Sports", "Business", "Sci/Tech")[r["label"]], r["text"], None))),
+    "europarl": (list(_EUROPARL), [(("Helsinki-NLP/europarl", pair), {},
+                 lambda r, lang=lang: (lang, r["translation"][lang], None)) for lang, pair in _EUROPARL.items()]),
+}
+
+
+def saebench_task(name: str, n_per_class: int = 250, seed: int = 0, pool: int = 4, max_chars: int = 2000,
+                  max_rows: int | None = 2_000_000) -> ProbeTask:
+    """One of SAEBench's ``sparse_probing`` datasets as a multi-class :class:`ProbeTask` (the classes SAEBench
+    probes, one-vs-rest binary tasks then come from :func:`one_vs_rest`), streamed from the hub.
+
+    What SAEBench uses (``sae_bench/evals/sparse_probing/eval_config.py`` ``dataset_names``,
+    ``sae_bench/sae_bench_utils/dataset_info.py`` ``chosen_classes_per_dataset`` and
+    ``sae_bench/sae_bench_utils/dataset_utils.py``, adamkarvonen/SAEBench 0.6.0):
+
+    - ``LabHC/bias_in_bios`` (``_class_set1..3``): text ``hard_text``, class ``profession`` (int, 28
+      professions) in three sets of five: {0, 1, 2, 6, 9}, {11, 13, 14, 18, 19}, {20, 21, 22, 25, 26};
+      each class balanced by ``gender`` (0/1);
+    - ``canrager/amazon_reviews_mcauley_1and5``: text ``text``, class ``category`` (int) in {1, 2, 3, 5, 6}
+      (Toys_and_Games, Cell_Phones_and_Accessories, Industrial_and_Scientific, Musical_Instruments,
+      Electronics), each balanced by ``rating`` (1.0/5.0); and ``..._sentiment``: class ``rating`` 1.0 vs 5.0;
+    - ``codeparrot/github-code``: text ``code``, class ``language`` in {C, Python, HTML, Java, PHP}; files
+      longer than 534 characters, the first 150 skipped (a licence header, after "Neurons in a Haystack");
+    - ``fancyzhx/ag_news``: text ``text``, class ``label`` 0-3 (World, Sports, Business, Sci/Tech);
+    - ``Helsinki-NLP/europarl``: class = language in {en, fr, de, es, nl}, text ``translation[lang]`` of the
+      configs en-fr, fr-it, de-en, es-fr, nl-pt (the first rows of each).
+
+    Differences, said plainly: SAEBench loads the train and test splits whole (bias_in_bios, Amazon,
+    AG News) and samples 4000 + 1000 texts per binary task; here only the ``train`` split is streamed and
+    :func:`split` makes the test set. Rows are read in stream order until every class (and stratum) holds
+    ``pool`` × its share of ``n_per_class`` candidates (or ``max_rows`` rows), then ``seed`` draws the
+    sample from that pool, so seeds differ only within the first rows of the stream. A class short of
+    rows lowers every class to the same count (balance kept). The github-code repository is a loading
+    script, which ``datasets`` 4+ no longer runs, so its parquet files (the first 8 of 1126) are read
+    directly. Texts are cut to ``max_chars`` (the model's context truncates long before). The column
+    formats are SAEBench's reading of these datasets, tested here only against mocked rows.
+    """
+    if name not in SAEBENCH_TASKS:
+        raise ValueError(f"unknown SAEBench task {name!r}; one of {sorted(SAEBENCH_TASKS)}")
+    classes, sources = SAEBENCH_TASKS[name]
+    strata = 2 if name == "amazon_categories" or name.startswith("bias_in_bios") else 1  # gender / rating
+    share = max(1, n_per_class // strata)  # texts per (class, stratum)
+    found: dict[str, dict[object, list[str]]] = {c: {} for c in classes}
+
+    def full(c: str) -> bool:
+        return len(found[c]) >= strata and all(len(b) >= pool * share for b in found[c].values())
+
+    def read(args: tuple, kwargs: dict, row_fn) -> None:
+        from datasets import load_dataset
+        stream = load_dataset(*args, split="train", streaming=True, **kwargs)
+        mine = classes if len(sources) == 1 else [args[1].split("-")[0]]  # europarl: one language per config
+        for i, row in enumerate(stream):
+            c, text, stratum = row_fn(row)
+            if c in found and text and text.strip():
+                bucket = found[c].setdefault(stratum, [])
+                if len(bucket) < pool * share:
+                    bucket.append(text[:max_chars])
+            if all(full(m) for m in mine) or (max_rows is not None and i + 1 >= max_rows):
+                return
+
+    for args, kwargs, row_fn in sources:
+        data._online(f"SAEBench's {name} rows", partial(read, args, kwargs, row_fn),
+                     instead="leave the SAEBench tasks out (they stream from the hub; no mirror holds them)")
+    short = [c for c in classes if len(found[c]) < strata]
+    if short:
+        raise ValueError(f"{name}: the stream read holds no rows (or not both strata) for {short}")
+    per = min(share, *(len(b) for f in found.values() for b in f.values()))
+    rng = random.Random(seed)
+    return _from_groups(f"saebench {name}", {
+        c: [t for s in sorted(found[c], key=repr) for t in rng.sample(found[c][s], per)] for c in classes})
 
 
 # -----------------------------------------------------------------------------
