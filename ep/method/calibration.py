@@ -16,6 +16,7 @@ distances). The paper's code (`ep/discovery/calibration.py` of the official repo
 batches of **whole documents in stream order**, 128 documents per batch in its CLI; that is the
 default here whenever the rows know their document (an ``ActivationBatch``). Plain arrays are cut
 into shuffled batches of rows instead (the ``"rows"`` protocol, kept as a control).
+
 Calibrations are cheap to cache: `cached_calibration` keys a file by a hash of
 everything the calibration depends on. Files are safetensors + JSON, never pickle.
 """
@@ -171,10 +172,14 @@ def pairwise_percentile(directions, percentile: float, max_pairs: int = 2**24, b
     >>> pairwise_percentile(u, 50)
     1.0
     """
-    p = _check_percentile(percentile)
     u = check_acts(directions, name="directions").float()
     if len(u) < 2:
         raise ValueError(f"need at least 2 rows to measure pairwise distances, got {len(u)}")
+    return _pairwise_percentile(u, _check_percentile(percentile), max_pairs, block_rows)
+
+
+def _pairwise_percentile(u: torch.Tensor, p: float, max_pairs: int = 2**24, block_rows: int = 1024) -> float:
+    """``pairwise_percentile`` of checked unit rows u [b >= 2, d] and a checked p (no second pass over the input)."""
     if len(u) * (len(u) - 1) // 2 <= max_pairs:
         return float(np.percentile(_condensed_distances(u).double().cpu().numpy(), p))
     return _blocked_percentile(u, p, block_rows)
@@ -228,7 +233,7 @@ def batch_percentiles(directions, percentile: float, batch_size: int = 1024, see
         raise ValueError(f"need at least 2 rows to measure pairwise distances, got {u.shape[0]}")
     if batches is None:
         batches = row_batches(u.shape[0], batch_size, seed)
-    values = [pairwise_percentile(u[rows.to(u.device)], p) for rows in batches if len(rows) >= 2]
+    values = [_pairwise_percentile(u[rows.to(u.device)], p) for rows in batches if len(rows) >= 2]
     if not values:
         raise ValueError("no calibration batch holds 2 or more rows")
     return np.array(values, dtype=np.float64)
