@@ -97,9 +97,9 @@ def circle_partition(points: np.ndarray, exemplars, threshold: float, title: str
     t = np.linspace(0, 2 * np.pi, 400)
     ax.plot(np.cos(t), np.sin(t), color="0.85", lw=1, zorder=0)
     half = np.arccos(np.clip(1.0 - threshold, -1.0, 1.0))            # cap half-angle: cos = 1 - θ
-    for k, a in enumerate(np.sort(ex_angle)):
-        nxt = np.sort(ex_angle)[(k + 1) % len(ex_angle)] + (2 * np.pi if k + 1 == len(ex_angle) else 0)
-        mid = (a + nxt) / 2                                           # boundary between neighbouring cells
+    around = np.sort(ex_angle)                                       # exemplars in angular order
+    following = np.append(around[1:], around[0] + 2 * np.pi)        # each one's neighbour, wrapping around
+    for mid in (around + following) / 2:                             # boundaries between neighbouring cells
         ax.plot([0, 1.2 * np.cos(mid)], [0, 1.2 * np.sin(mid)], color="0.6", ls="--", lw=0.8, zorder=1)
     for k, a in enumerate(ex_angle):
         arc = np.linspace(a - half, a + half, 50)
