@@ -88,12 +88,18 @@ def _fast_dots(a: torch.Tensor, ia: torch.Tensor, b: torch.Tensor, ib: torch.Ten
     """a[ia] . b[ib] in float64, summed in whatever order the library likes. -> [P]
 
     The products of fp32 entries are exact in float64, so any order of summation (dot64's included) is
-    within gamma_d R^2 of the exact value: the result is within `_tol` of dot64. Slices of 256 KB stay in cache."""
-    out = torch.empty(ia.shape[0], dtype=torch.float64, device=a.device)
-    step = max(8, (1 << 15) // a.shape[1])
-    for s in range(0, ia.shape[0], step):
-        p = a.index_select(0, ia[s : s + step]).double().mul_(b.index_select(0, ib[s : s + step]))  # [step, d]
-        torch.sum(p, dim=1, out=out[s : s + step])
+    within gamma_d R^2 of the exact value: the result is within `_tol` of dot64. Slices of 512 KB, in
+    buffers reused from slice to slice, stay in cache and cost no allocation each."""
+    P, d = ia.shape[0], a.shape[1]
+    out = torch.empty(P, dtype=torch.float64, device=a.device)
+    step = max(1, min(P, (1 << 16) // d))
+    ga, gb = a.new_empty(step, d), b.new_empty(step, d)  # gathered fp32 rows
+    p = torch.empty(step, d, dtype=torch.float64, device=a.device)  # their products
+    for s in range(0, P, step):
+        m = min(step, P - s)
+        torch.index_select(a, 0, ia[s : s + m], out=ga[:m])
+        torch.index_select(b, 0, ib[s : s + m], out=gb[:m])
+        torch.sum(p[:m].copy_(ga[:m]).mul_(gb[:m]), dim=1, out=out[s : s + m])
     return out
 
 
@@ -285,6 +291,7 @@ class LeaderClustering:
         self._e32 = torch.empty(0, self.dim, device=self.device)  # [cap, d], rows [:k] in use
         self._e16 = torch.empty(0, self.dim, dtype=torch.bfloat16, device=self.device)  # [cap, d]
         self._k, self._eps, self._norm = 0, 0.0, 0.0  # count, max ||e - bf16(e)||, max(||e||, ||bf16(e)||)
+        self._unmatched = 1.0  # fraction of the last sub-batch's rows that matched no earlier exemplar
         self._buf = torch.empty(0, dtype=torch.bfloat16, device=self.device)  # GEMM output scratch
         upper = torch.ones(ROW_BLOCK, ROW_BLOCK, dtype=torch.bool, device=self.device).triu()
         self._tri = torch.zeros(upper.shape, device=self.device).masked_fill(upper, -torch.inf).bfloat16()
@@ -322,11 +329,13 @@ class LeaderClustering:
         return tuple(torch.cat(t) for t in zip(*out))
 
     def _step(self) -> int:
-        """Rows per sub-batch. With few exemplars yet, most rows of a batch reach the within-batch stage,
-        whose graph of pairs within threshold is dense on real (anisotropic) activations: sub-batches grow
-        with K. Capped in size because a fresh block over 32 MB (glibc's largest reused one) is mapped
-        anew every time, and faulting its pages in costs as much as the arithmetic."""
-        return max(SUB_BATCH, min(self._k, MAX_ROWS_X_DIM // self.dim))
+        """Rows per sub-batch. A sub-batch's rows that match no earlier exemplar meet each other in the
+        within-batch stage, whose graph of pairs within threshold is dense on real (anisotropic) activations.
+        So sub-batches are sized to expect no more of those rows than there are exemplars: step * f <= K,
+        f the fraction of rows the last sub-batch left unmatched (1 until one has run). Capped in size
+        because a fresh block over 32 MB (glibc's largest reused one) is mapped anew every time, and
+        faulting its pages in costs as much as the arithmetic."""
+        return max(SUB_BATCH, min(int(self._k / self._unmatched), MAX_ROWS_X_DIM // self.dim))
 
     @torch.no_grad()
     def _add(self, x: torch.Tensor, nearest: bool):
@@ -351,6 +360,7 @@ class LeaderClustering:
         matched, near, sim = self._match_old(x, xb, lo, hi, m_one, tol, near, sim, nearest)
         # 2. the other rows among themselves: leaders become exemplars, followers join the nearest one
         u = (~matched).nonzero()[:, 0]  # [n]
+        self._unmatched = max(u.shape[0], 1) / B  # (never 0: sizes the next sub-batch, see _step)
         lead, near_u, sim_u = self._within(x, xb, u, lo[u], hi[u], m_one[u], tol, nearest)
         is_new[u[lead]] = True
         if nearest:
