@@ -263,12 +263,13 @@ class FeatureDetector:
 def max_pool(scores: torch.Tensor, row: torch.Tensor, keep: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Token scores [N] or [N, K] → per-row max over the kept tokens [n_rows] or [n_rows, K].
 
-    A row with no kept token (e.g. its output was truncated away) gets the minimum score seen.
+    A row with no kept token (e.g. its output was truncated away) gets the minimum score seen (per column).
     """
     s = scores[keep].float()
     index = row[keep].reshape(-1, *([1] * (s.ndim - 1))).expand_as(s)
     out = s.new_full((n_rows, *s.shape[1:]), float("-inf")).scatter_reduce_(0, index, s, "amax")
-    return out.nan_to_num(neginf=float(s.min()) if s.numel() else 0.0)
+    lowest = s.amin(0) if len(s) else s.new_zeros(s.shape[1:])
+    return torch.where(out == float("-inf"), lowest, out).nan_to_num()
 
 
 def unit_row_scores(score_fn: Callable[[torch.Tensor], torch.Tensor], acts: torch.Tensor, row: torch.Tensor,
@@ -286,20 +287,20 @@ def unit_row_scores(score_fn: Callable[[torch.Tensor], torch.Tensor], acts: torc
     return best.nan_to_num(neginf=float(best[best.isfinite()].min()))
 
 
-def unit_row_sums(score_fn: Callable[[torch.Tensor], torch.Tensor], acts: torch.Tensor, row: torch.Tensor,
-                  keep: torch.Tensor, n_rows: int, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the sum of every unit's token scores over the kept tokens [n_rows, K] (float64) and the number
-    of kept tokens [n_rows]: enough for a token-weighted mean over any set of rows (``contrast_units``)."""
+def unit_row_sums(directions: torch.Tensor, centre: torch.Tensor | None, acts: torch.Tensor, row: torch.Tensor,
+                  keep: torch.Tensor, n_rows: int, chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the sum over its kept tokens of every unit's score, the centred cosine ((h − c)/‖h − c‖)·e
+    (``centre`` given) or h·e, [n_rows, K] (float64), and the number of kept tokens [n_rows]: enough for a
+    token-weighted mean over any set of rows (``contrast_units``). The score is linear in the token's
+    (centred, unit) vector, so each row's vectors are summed first and the K directions [K, d] applied once
+    to [n_rows, d], instead of a score for every token and unit."""
     idx = keep.nonzero()[:, 0]
-    sums = None
+    sums = torch.zeros(n_rows, acts.shape[1], dtype=torch.float64)
     for s in range(0, len(idx), chunk_size):
         i = idx[s:s + chunk_size]
-        scores = score_fn(acts[i]).double()  # [n, K]
-        if sums is None:
-            sums = scores.new_zeros((n_rows, scores.shape[1]))
-        sums.index_add_(0, row[i], scores)
-    counts = torch.bincount(row[idx], minlength=n_rows)
-    return sums, counts
+        x = to_directions(acts[i], centre) if centre is not None else acts[i].float()
+        sums.index_add_(0, row[i], x.double())
+    return sums @ directions.double().T, torch.bincount(row[idx], minlength=n_rows)
 
 
 def contrast_units(row_sums: torch.Tensor, row_counts: torch.Tensor, splits: list[ConceptSplit]
@@ -449,8 +450,7 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
                     key = (layer, id(dic), b, train_scope, choose, score)
                     if key not in cache:  # the per-row tables the choice needs, the same for every concept
                         if choose == "contrast":  # the paper: centred cosine, mean over tokens
-                            cache[key] = unit_row_sums(unit_scores(directions, dic.centre), xa, train.row, ktr,
-                                                       train.n_rows)
+                            cache[key] = unit_row_sums(directions, dic.centre, xa, train.row, ktr, train.n_rows)
                         else:  # control: max-pooled training AUROC of the detector itself
                             cache[key] = unit_row_scores(unit_scores(directions, centre), xa, train.row, ktr,
                                                          train.n_rows)
@@ -484,18 +484,33 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
         else:
             raise ValueError(f"unknown method {method!r}")
     for method, per_split in chosen.items():  # score every chosen detector on the evaluation rows
-        pooled_cache: dict[int, np.ndarray] = {}  # a random direction is shared by all concepts
-        for split, (detector, train_score, unit) in zip(splits, per_split, strict=True):
-            key = id(detector)
-            if isinstance(detector, torch.Tensor):  # already max-pooled row scores [eval rows]
-                pooled_cache[key] = detector.numpy()
-            elif key not in pooled_cache:
-                pooled_cache[key] = max_pool(detector(xe), latent.row, kev, latent.n_rows).numpy()
-            pooled = pooled_cache[key]
-            pooled_rows.setdefault(method, []).append(pooled)
-            rows.append(_record(method, split, layer, scope, auroc(split.eval_labels, pooled[split.eval_rows]),
+        pooled = pooled_scores([detector for detector, _, _ in per_split], xe, latent, kev)
+        pooled_rows[method] = pooled
+        for split, (_, train_score, unit), p in zip(splits, per_split, pooled, strict=True):
+            rows.append(_record(method, split, layer, scope, auroc(split.eval_labels, p[split.eval_rows]),
                                 train_score, unit))
     return _merge_random(pd.DataFrame.from_records(rows)), {"seconds": seconds, "pooled": pooled_rows}
+
+
+def pooled_scores(detectors: list, acts: torch.Tensor, rows: RowActivations, keep: torch.Tensor
+                  ) -> list[np.ndarray]:
+    """Each detector's max-pooled row scores [n_rows] (a tensor stands for scores already pooled). Linear
+    detectors that share a centre are scored in one matrix product, the tokens centred once, and a detector
+    listed for several concepts (a random direction) is scored once."""
+    unique = {id(d): d for d in detectors}
+    out = {k: d.numpy() for k, d in unique.items() if isinstance(d, torch.Tensor)}
+    linear = [d for d in unique.values() if isinstance(d, LinearDetector)]
+    for centre in {id(d.centre): d.centre for d in linear}.values():
+        group = [d for d in linear if d.centre is centre]
+        x = to_directions(acts, centre) if centre is not None else acts.float()
+        w = torch.stack([d.direction.float() for d in group], 1)  # [d, G]
+        scores = x @ w + torch.tensor([d.bias for d in group], dtype=torch.float32)
+        pooled = max_pool(scores, rows.row, keep, rows.n_rows).numpy()  # [n_rows, G]
+        out |= {id(d): pooled[:, j] for j, d in enumerate(group)}
+    for k, d in unique.items():  # any other callable [N, d] -> [N]
+        if k not in out:
+            out[k] = max_pool(d(acts), rows.row, keep, rows.n_rows).numpy()
+    return [out[id(d)] for d in detectors]
 
 
 def _merge_random(results: pd.DataFrame) -> pd.DataFrame:
