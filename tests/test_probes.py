@@ -185,3 +185,11 @@ def test_probe_accuracy_is_gridsearchcv_on_the_same_folds():
                         cv=StratifiedKFold(5, shuffle=True, random_state=3), scoring="accuracy")
     want = (grid.fit(scaler.transform(x[tr]), y[tr]).predict(scaler.transform(x[te])) == y[te]).mean()
     assert P._probe_accuracy(x[tr], y[tr], x[te], y[te], Cs, 5, 3, True) == want
+    # one text of a class: a fold trains on one class, its fits fail and score NaN, as in GridSearchCV
+    tr = np.r_[np.flatnonzero(y == 1)[:1], np.flatnonzero(y == 0)[:20]]
+    scaler = StandardScaler().fit(x[tr])
+    grid.set_params(cv=StratifiedKFold(2, shuffle=True, random_state=3))  # folds: at least 2, at most the rarer class
+    with pytest.warns(Warning):  # GridSearchCV warns about the failed fits
+        grid.fit(scaler.transform(x[tr]), y[tr])
+    want = (grid.predict(scaler.transform(x[te])) == y[te]).mean()
+    assert P._probe_accuracy(x[tr], y[tr], x[te], y[te], Cs, 5, 3, True) == want
