@@ -372,7 +372,7 @@ def diffmean(sums: torch.Tensor, counts: torch.Tensor, split: ConceptSplit) -> L
 def probe(acts: torch.Tensor, rows: RowActivations, keep: torch.Tensor, split: ConceptSplit,
           C: float = 0.1, max_iter: int = 300) -> LinearDetector:
     """Logistic regression on tokens (label = its row's), standardised features, balanced classes. Fitted in
-    float32, the activations' own precision (float64 took half as long again for the same AUROCs)."""
+    float32, the activations' own precision (float64 took half as long again; AUROCs agreed to 1e-3)."""
     pos, neg = training_tokens(rows, keep, split)
     x = acts[torch.cat([pos, neg])].float().numpy()
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
