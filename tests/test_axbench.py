@@ -50,6 +50,8 @@ def test_max_pool_fills_rows_without_kept_tokens_with_the_minimum():
     keep = torch.tensor([True, True, False, False])
     out = ax.max_pool(torch.tensor([2.0, 5.0, 9.0, 9.0]), row, keep, 3)
     assert out.tolist() == [5.0, 2.0, 2.0]
+    both = ax.max_pool(torch.tensor([[2.0, -1.0], [5.0, -3.0], [9.0, 9.0], [9.0, 9.0]]), row, keep, 3)
+    assert both.tolist() == [[5.0, -1.0], [2.0, -3.0], [2.0, -3.0]]  # each column's own minimum
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 7, 1000])
@@ -69,7 +71,11 @@ def test_auroc_columns_equals_sklearn_with_ties():
     scores = rng.integers(0, 4, size=(22, 6)).astype(float)  # many ties
     want = [roc_auc_score(labels, scores[:, k]) for k in range(6)]
     np.testing.assert_allclose(metrics.auroc_columns(labels, scores), want)
-    assert metrics.auroc(labels, scores[:, 0]) == pytest.approx(want[0])
+    assert [metrics.auroc(labels, scores[:, k]) for k in range(6)] == pytest.approx(want, abs=1e-12)
+    x = rng.normal(size=22)
+    assert metrics.auroc(labels.astype(bool), x) == pytest.approx(roc_auc_score(labels, x), abs=1e-12)
+    with pytest.raises(ValueError):
+        metrics.auroc(np.ones(4), scores[:4, 0])
     with pytest.raises(ValueError):
         metrics.auroc_columns(np.ones(4), scores[:4])
 
@@ -194,7 +200,9 @@ def test_unit_row_sums_and_the_contrast_choice_match_a_token_level_reference():
     units = torch.randn(6, 5, generator=torch.Generator().manual_seed(4))
     fn = lambda a: a.double() @ units.T.double()
     keep = rows.keep("after_prefix")
-    sums, counts = ax.unit_row_sums(fn, rows.acts[0], rows.row, keep, rows.n_rows, chunk_size=4)
+    sums, counts = ax.unit_row_sums(units, None, rows.acts[0], rows.row, keep, rows.n_rows)
+    chunked = ax.row_sums(rows.acts[0], rows.row, keep, rows.n_rows, chunk_size=4)[0] @ units.double().T
+    torch.testing.assert_close(chunked, sums)
     assert counts.tolist() == [6] * 7 + [12, 0]
     split = ax.ConceptSplit(0, "c", "text", np.array([0, 2, 7, 1, 3]), np.array([1, 1, 1, 0, 0]),
                             np.arange(0), np.arange(0))
@@ -204,6 +212,12 @@ def test_unit_row_sums_and_the_contrast_choice_match_a_token_level_reference():
     [(k, contrast)] = ax.contrast_units(sums, counts, [split])
     assert k == exercises._concept_region(scores[pos.numpy()], scores[neg.numpy()])
     assert contrast == pytest.approx(scores[pos.numpy()].mean(0)[k] - scores[neg.numpy()].mean(0)[k])
+    # centred cosines: the sum of every token's own score (rows summed first inside, the same numbers)
+    centre = torch.randn(5, generator=torch.Generator().manual_seed(5))
+    cos_sums, _ = ax.unit_row_sums(units, centre, rows.acts[0], rows.row, keep, rows.n_rows)
+    token_cos = ax.unit_scores(units, centre)(rows.acts[0][keep]).double()
+    want = torch.zeros(rows.n_rows, 6, dtype=torch.float64).index_add_(0, rows.row[keep], token_cos)
+    torch.testing.assert_close(cos_sums, want, rtol=1e-5, atol=1e-6)  # the reference scores in float32
 
 
 def test_diffmean_is_the_shared_diff_in_means_and_counts_a_redrawn_row_twice():
@@ -213,12 +227,15 @@ def test_diffmean_is_the_shared_diff_in_means_and_counts_a_redrawn_row_twice():
     lab[split.train_rows] = torch.as_tensor(split.train_labels)
     lab = lab[rows.row]
     want = diff_in_means(rows.acts[0][keep & (lab == 1)], rows.acts[0][keep & (lab == 0)])
-    torch.testing.assert_close(ax.diffmean(rows.acts[0], rows, keep, split).direction, want)
+    sums = ax.row_sums(rows.acts[0], rows.row, keep, rows.n_rows)
+    torch.testing.assert_close(ax.diffmean(*sums, split).direction, want)
     twice = ax.ConceptSplit(0, "c", "text", np.array([1, 1, 3, 0]), np.array([1, 1, 1, 0]), split.eval_rows,
                             split.eval_labels)
     pos, neg = ax.training_tokens(rows, keep, twice)
     assert rows.row[pos].tolist() == [1] * 5 + [1] * 5 + [3] * 5 and rows.row[neg].tolist() == [0] * 5
     assert keep[pos].all() and keep[neg].all()
+    want = diff_in_means(rows.acts[0][pos], rows.acts[0][neg])
+    torch.testing.assert_close(ax.diffmean(*sums, twice).direction, want)
 
 
 def test_sae_a_picks_the_feature_that_carries_the_concept():

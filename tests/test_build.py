@@ -19,8 +19,13 @@ def test_build_records_its_config_and_shows_regions(gemma, tmp_path, monkeypatch
     card = d.region(int(d.counts.argmax()))._repr_html_()
     assert "<mark" in card  # the exemplar's token, highlighted, with no documents passed in
     # the same build from the cache gives the same calibration; Calibration.of gives it back
-    again = ep.build(model, texts, 3, calibration_docs=10, max_tokens=600, context_length=32, progress=False)
+    streamed = []
+    again = ep.build(model, texts, 3, calibration_docs=10, max_tokens=600, context_length=32, progress=False,
+                     on_activations=streamed.append)
     assert torch.equal(again.exemplars, d.exemplars)
+    # on_activations saw exactly the streamed tokens: the texts after the calibration ones, up to max_tokens
+    alone = ep.token_activations(model, texts[10:], 3, max_tokens=600, context_length=32, progress=False)
+    assert torch.equal(ep.ActivationBatch.cat(streamed).acts, alone.acts)
     cal = ep.Calibration.of(d)
     assert cal.threshold == d.threshold and cal.n_tokens == d.meta["calibration_tokens"]
     # the calibration never sees the streamed texts: its documents are the first 10

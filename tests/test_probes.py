@@ -167,3 +167,29 @@ def test_old_names_warn_and_call_the_renamed_functions():
         old = P.compare(x, y, {}, folds=4, seed=0)
     assert old == P.probe_accuracies(x, y, {}, folds=4, seed=0)
     assert P.axbench_concepts.__wrapped__ is P.axbench_concept_tasks
+
+
+def test_probe_accuracy_is_gridsearchcv_on_the_same_folds():
+    """The plain grid loop picks C and scores the test texts exactly as GridSearchCV would."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(80, 6)), np.r_[np.ones(40, int), np.zeros(40, int)]
+    x[:, 0] += 0.6 * y  # a weak signal, so C matters
+    tr, te = np.arange(0, 80, 2), np.arange(1, 80, 2)
+    Cs = (0.01, 0.1, 1.0, 10.0)
+    scaler = StandardScaler().fit(x[tr])
+    grid = GridSearchCV(LogisticRegression(max_iter=5000), {"C": list(Cs)},
+                        cv=StratifiedKFold(5, shuffle=True, random_state=3), scoring="accuracy")
+    want = (grid.fit(scaler.transform(x[tr]), y[tr]).predict(scaler.transform(x[te])) == y[te]).mean()
+    assert P._probe_accuracy(x[tr], y[tr], x[te], y[te], Cs, 5, 3, True) == want
+    # one text of a class: a fold trains on one class, its fits fail and score NaN, as in GridSearchCV
+    tr = np.r_[np.flatnonzero(y == 1)[:1], np.flatnonzero(y == 0)[:20]]
+    scaler = StandardScaler().fit(x[tr])
+    grid.set_params(cv=StratifiedKFold(2, shuffle=True, random_state=3))  # folds: at least 2, at most the rarer class
+    with pytest.warns(Warning):  # GridSearchCV warns about the failed fits
+        grid.fit(scaler.transform(x[tr]), y[tr])
+    want = (grid.predict(scaler.transform(x[te])) == y[te]).mean()
+    assert P._probe_accuracy(x[tr], y[tr], x[te], y[te], Cs, 5, 3, True) == want

@@ -66,7 +66,8 @@ def model_fingerprint(model) -> str:
 def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, calibration_docs: int = 100,
           docs_per_batch: int = 128, max_tokens: int | None = 20_000, context_length: int = 64,
           batch_size: int = 16, seed: int = 0, n_samples: int = 8, checkpoint=None,
-          saturation_window: int | None = None, on_batch=None, progress: bool = True) -> Dictionary:
+          saturation_window: int | None = None, on_batch=None, on_activations=None,
+          progress: bool = True) -> Dictionary:
     """Calibrate on the first ``calibration_docs`` texts, stream the rest through leader clustering -> Dictionary.
 
     θ follows the paper's protocol: the mean over batches of ``docs_per_batch`` whole calibration texts, in
@@ -74,7 +75,9 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
     ``texts`` is any iterable of strings (``ep.data.corpus()`` streams Wikipedia); document indices in the
     dictionary's contexts count from the first *streamed* text. ``checkpoint`` makes a long build resumable
     (see ``ep.build_dictionary``), as do ``saturation_window`` (the official stop rule: no new region in that
-    many batches) and ``on_batch(tokens, regions)``. ``ep.Calibration.of(d)`` gives back the calibration.
+    many batches) and ``on_batch(tokens, regions)``. ``on_activations(batch)`` sees every streamed
+    ``ActivationBatch`` (e.g. ``list.append``, to train an SAE on the very tokens the dictionary was built from
+    without a second forward pass). ``ep.Calibration.of(d)`` gives back the calibration.
     """
     texts = iter(texts)
     calibration_texts = list(itertools.islice(texts, calibration_docs))
@@ -101,6 +104,8 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
     streamed: list[str] = []
     recorded = (streamed.append(t) or t for t in texts)  # keep the streamed texts for the contexts
     stream = iter_token_activations(model, recorded, layer, max_tokens=max_tokens, **extract)
+    if on_activations is not None:
+        stream = (on_activations(b) or b for b in stream)
     meta = {"config": asdict(config), "model": name, "layer": int(layer), "context_length": context_length}
     dictionary = build_dictionary(stream, calibration, n_samples=n_samples, progress=progress, meta=meta,
                                   checkpoint=checkpoint, saturation_window=saturation_window, on_batch=on_batch)

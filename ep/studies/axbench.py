@@ -40,7 +40,6 @@ from ..method.calibration import calibrate, to_directions
 from ..method.metrics import auroc, auroc_columns
 from ..model.activations import ActivationBatch, decoder_layers
 from ..model.chat import chat_prompt
-from ..model.interventions import diff_in_means
 
 LABELS = {"positive": 1, "negative": 0}  # everything else (hard negatives) is left out, as in AxBench
 SCOPES = ("after_prefix", "output", "row")
@@ -263,12 +262,13 @@ class FeatureDetector:
 def max_pool(scores: torch.Tensor, row: torch.Tensor, keep: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Token scores [N] or [N, K] → per-row max over the kept tokens [n_rows] or [n_rows, K].
 
-    A row with no kept token (e.g. its output was truncated away) gets the minimum score seen.
+    A row with no kept token (e.g. its output was truncated away) gets the minimum score seen (per column).
     """
     s = scores[keep].float()
     index = row[keep].reshape(-1, *([1] * (s.ndim - 1))).expand_as(s)
     out = s.new_full((n_rows, *s.shape[1:]), float("-inf")).scatter_reduce_(0, index, s, "amax")
-    return out.nan_to_num(neginf=float(s.min()) if s.numel() else 0.0)
+    lowest = s.amin(0) if len(s) else s.new_zeros(s.shape[1:])
+    return torch.where(out == float("-inf"), lowest, out).nan_to_num()
 
 
 def unit_row_scores(score_fn: Callable[[torch.Tensor], torch.Tensor], acts: torch.Tensor, row: torch.Tensor,
@@ -286,20 +286,34 @@ def unit_row_scores(score_fn: Callable[[torch.Tensor], torch.Tensor], acts: torc
     return best.nan_to_num(neginf=float(best[best.isfinite()].min()))
 
 
-def unit_row_sums(score_fn: Callable[[torch.Tensor], torch.Tensor], acts: torch.Tensor, row: torch.Tensor,
-                  keep: torch.Tensor, n_rows: int, chunk_size: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per row, the sum of every unit's token scores over the kept tokens [n_rows, K] (float64) and the number
-    of kept tokens [n_rows]: enough for a token-weighted mean over any set of rows (``contrast_units``)."""
+def row_sums(acts: torch.Tensor, row: torch.Tensor, keep: torch.Tensor, n_rows: int,
+             centre: torch.Tensor | None = None, chunk_size: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the sum of its kept tokens' vectors, raw h or, ``centre`` given, centred unit (h − c)/‖h − c‖,
+    [n_rows, d] (float64), and the number of kept tokens [n_rows]. The token mean over any set of rows
+    (``token_mean``), and so any linear score's, follows without another pass over the tokens."""
     idx = keep.nonzero()[:, 0]
-    sums = None
+    sums = torch.zeros(n_rows, acts.shape[1], dtype=torch.float64)
     for s in range(0, len(idx), chunk_size):
         i = idx[s:s + chunk_size]
-        scores = score_fn(acts[i]).double()  # [n, K]
-        if sums is None:
-            sums = scores.new_zeros((n_rows, scores.shape[1]))
-        sums.index_add_(0, row[i], scores)
-    counts = torch.bincount(row[idx], minlength=n_rows)
-    return sums, counts
+        x = to_directions(acts[i], centre) if centre is not None else acts[i].float()
+        sums.index_add_(0, row[i], x.double())
+    return sums, torch.bincount(row[idx], minlength=n_rows)
+
+
+def token_mean(sums: torch.Tensor, counts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """The mean over the tokens (not the rows) of ``rows`` from per-row sums and counts; a row listed twice
+    (a bootstrap redraw) counts twice."""
+    return sums[rows].sum(0) / counts[rows].sum().clamp(min=1)
+
+
+def unit_row_sums(directions: torch.Tensor, centre: torch.Tensor | None, acts: torch.Tensor, row: torch.Tensor,
+                  keep: torch.Tensor, n_rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the sum over its kept tokens of every unit's score, the centred cosine ((h − c)/‖h − c‖)·e
+    (``centre`` given) or h·e, [n_rows, K] (float64), and the number of kept tokens [n_rows]: enough for a
+    token-weighted mean over any set of rows (``contrast_units``). The score is linear in the token's vector,
+    so the rows' sums (``row_sums``) meet the K directions [K, d] once, instead of every token every unit."""
+    sums, counts = row_sums(acts, row, keep, n_rows, centre)
+    return sums @ directions.double().T, counts
 
 
 def contrast_units(row_sums: torch.Tensor, row_counts: torch.Tensor, splits: list[ConceptSplit]
@@ -309,8 +323,7 @@ def contrast_units(row_sums: torch.Tensor, row_counts: torch.Tensor, splits: lis
     out = []
     for split in splits:
         rows, pos = torch.as_tensor(split.train_rows), torch.as_tensor(split.train_labels.astype(bool))
-        mean = [row_sums[rows[m]].sum(0) / row_counts[rows[m]].sum().clamp(min=1) for m in (pos, ~pos)]
-        contrast = mean[0] - mean[1]  # [K]
+        contrast = token_mean(row_sums, row_counts, rows[pos]) - token_mean(row_sums, row_counts, rows[~pos])  # [K]
         k = int(contrast.argmax())
         out.append((k, float(contrast[k])))
     return out
@@ -347,21 +360,26 @@ def training_tokens(rows: RowActivations, keep: torch.Tensor, split: ConceptSpli
     return tuple(out)
 
 
-def diffmean(acts: torch.Tensor, rows: RowActivations, keep: torch.Tensor, split: ConceptSplit) -> LinearDetector:
-    """Unit difference of the positive rows' token mean and the negative rows' (``diff_in_means``), score h·w."""
-    pos, neg = training_tokens(rows, keep, split)
-    return LinearDetector(diff_in_means(acts[pos], acts[neg]))
+def diffmean(sums: torch.Tensor, counts: torch.Tensor, split: ConceptSplit) -> LinearDetector:
+    """The unit difference of the positive training rows' token mean and the negative rows', score h·w: the
+    direction ``diff_in_means`` gives on the two token sets, here from per-row sums of h (``row_sums``), so a
+    bootstrap redraw of the rows costs no pass over the tokens."""
+    rows, pos = torch.as_tensor(split.train_rows), torch.as_tensor(split.train_labels.astype(bool))
+    diff = token_mean(sums, counts, rows[pos]) - token_mean(sums, counts, rows[~pos])
+    return LinearDetector((diff / diff.norm()).float())
 
 
 def probe(acts: torch.Tensor, rows: RowActivations, keep: torch.Tensor, split: ConceptSplit,
           C: float = 0.1, max_iter: int = 300) -> LinearDetector:
-    """Logistic regression on tokens (label = its row's), standardised features, balanced classes."""
+    """Logistic regression on tokens (label = its row's), standardised features, balanced classes. Fitted in
+    float32, the activations' own precision (float64 took half as long again; AUROCs agreed to 1e-3)."""
     pos, neg = training_tokens(rows, keep, split)
-    x = acts[torch.cat([pos, neg])].double().numpy()
+    x = acts[torch.cat([pos, neg])].float().numpy()
     y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
-    mu, sd = x.mean(0), x.std(0) + 1e-6
-    clf = LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced").fit((x - mu) / sd, y)
-    w = clf.coef_[0] / sd  # undo the standardisation: a plain linear score on raw h
+    mu, sd = x.mean(0, dtype=np.float64), x.std(0, dtype=np.float64) + 1e-6
+    z = (x - mu.astype(np.float32)) / sd.astype(np.float32)
+    clf = LogisticRegression(C=C, max_iter=max_iter, class_weight="balanced").fit(z, y)
+    w = clf.coef_[0].astype(np.float64) / sd  # undo the standardisation: a plain linear score on raw h
     return LinearDetector(torch.as_tensor(w, dtype=torch.float32), bias=float(clf.intercept_[0] - w @ mu))
 
 
@@ -419,8 +437,9 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
     ``cos``: how the chosen EP direction scores a token) give the controls. ``dictionaries`` ({name: Dictionary},
     needed for ``ep``) give methods ``ep_{name}_{basis}``. SAE methods need ``sae_encode`` ([n, d] -> [n, F]):
     ``sae_a`` is the feature with the best training AUROC, ``sae`` the feature ``sae_canonical`` names per
-    concept (AxBench's Neuronpedia reference). ``cache`` (a dict the caller keeps) holds the EP tables that do
-    not depend on the splits, so a rerun on resampled splits (``seed_spread``) skips them.
+    concept (AxBench's Neuronpedia reference). ``cache`` (a dict the caller keeps, for one ``train``) holds the
+    EP and DiffMean tables that do not depend on the splits, so a rerun on resampled splits (``seed_spread``)
+    skips them.
 
     Returns a DataFrame (one row per method × concept: ``method, concept_id, layer, scope, auroc, train_score,
     unit``; ``train_score`` is the chosen unit's contrast or training AUROC) and an info dict: ``seconds`` per
@@ -449,8 +468,7 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
                     key = (layer, id(dic), b, train_scope, choose, score)
                     if key not in cache:  # the per-row tables the choice needs, the same for every concept
                         if choose == "contrast":  # the paper: centred cosine, mean over tokens
-                            cache[key] = unit_row_sums(unit_scores(directions, dic.centre), xa, train.row, ktr,
-                                                       train.n_rows)
+                            cache[key] = unit_row_sums(directions, dic.centre, xa, train.row, ktr, train.n_rows)
                         else:  # control: max-pooled training AUROC of the detector itself
                             cache[key] = unit_row_scores(unit_scores(directions, centre), xa, train.row, ktr,
                                                          train.n_rows)
@@ -458,9 +476,14 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
                                                                                                          splits)
                     chosen[f"ep_{name}_{b}"] = [(LinearDetector(directions[k], centre), v, k) for k, v in picks]
                     seconds[f"ep_{name}_{b}"] = time.perf_counter() - t
-        elif method in ("diffmean", "probe"):
-            fit = diffmean if method == "diffmean" else probe
-            chosen[method] = [(fit(xa, train, ktr, s), np.nan, -1) for s in splits]
+        elif method == "diffmean":
+            key = ("row sums", layer, train_scope)
+            if key not in cache:  # the same for every concept and every redraw
+                cache[key] = row_sums(xa, train.row, ktr, train.n_rows)
+            chosen[method] = [(diffmean(*cache[key], s), np.nan, -1) for s in splits]
+            seconds[method] = time.perf_counter() - t
+        elif method == "probe":
+            chosen[method] = [(probe(xa, train, ktr, s), np.nan, -1) for s in splits]
             seconds[method] = time.perf_counter() - t
         elif method == "random":
             for r in range(n_random):
@@ -484,18 +507,33 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
         else:
             raise ValueError(f"unknown method {method!r}")
     for method, per_split in chosen.items():  # score every chosen detector on the evaluation rows
-        pooled_cache: dict[int, np.ndarray] = {}  # a random direction is shared by all concepts
-        for split, (detector, train_score, unit) in zip(splits, per_split, strict=True):
-            key = id(detector)
-            if isinstance(detector, torch.Tensor):  # already max-pooled row scores [eval rows]
-                pooled_cache[key] = detector.numpy()
-            elif key not in pooled_cache:
-                pooled_cache[key] = max_pool(detector(xe), latent.row, kev, latent.n_rows).numpy()
-            pooled = pooled_cache[key]
-            pooled_rows.setdefault(method, []).append(pooled)
-            rows.append(_record(method, split, layer, scope, auroc(split.eval_labels, pooled[split.eval_rows]),
+        pooled = pooled_scores([detector for detector, _, _ in per_split], xe, latent, kev)
+        pooled_rows[method] = pooled
+        for split, (_, train_score, unit), p in zip(splits, per_split, pooled, strict=True):
+            rows.append(_record(method, split, layer, scope, auroc(split.eval_labels, p[split.eval_rows]),
                                 train_score, unit))
     return _merge_random(pd.DataFrame.from_records(rows)), {"seconds": seconds, "pooled": pooled_rows}
+
+
+def pooled_scores(detectors: list, acts: torch.Tensor, rows: RowActivations, keep: torch.Tensor
+                  ) -> list[np.ndarray]:
+    """Each detector's max-pooled row scores [n_rows] (a tensor stands for scores already pooled). Linear
+    detectors that share a centre are scored in one matrix product, the tokens centred once, and a detector
+    listed for several concepts (a random direction) is scored once."""
+    unique = {id(d): d for d in detectors}
+    out = {k: d.numpy() for k, d in unique.items() if isinstance(d, torch.Tensor)}
+    linear = [d for d in unique.values() if isinstance(d, LinearDetector)]
+    for centre in {id(d.centre): d.centre for d in linear}.values():
+        group = [d for d in linear if d.centre is centre]
+        x = to_directions(acts, centre) if centre is not None else acts.float()
+        w = torch.stack([d.direction.float() for d in group], 1)  # [d, G]
+        scores = x @ w + torch.tensor([d.bias for d in group], dtype=torch.float32)
+        pooled = max_pool(scores, rows.row, keep, rows.n_rows).numpy()  # [n_rows, G]
+        out |= {id(d): pooled[:, j] for j, d in enumerate(group)}
+    for k, d in unique.items():  # any other callable [N, d] -> [N]
+        if k not in out:
+            out[k] = max_pool(d(acts), rows.row, keep, rows.n_rows).numpy()
+    return [out[id(d)] for d in detectors]
 
 
 def _merge_random(results: pd.DataFrame) -> pd.DataFrame:
