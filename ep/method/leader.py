@@ -136,6 +136,23 @@ def _argmax_exact(row, col, f, exact, n: int, tol: float, redo) -> tuple[torch.T
     return best, torch.full((n,), n << 40, device=f.device).scatter_reduce(0, row[top], col[top], "amin")
 
 
+def _bf16_and_norms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """bf16(x) [B, d], ||x - bf16(x)|| [B] (the difference is exact in fp32) and ||x|| [B], fp32.
+
+    A slice of rows at a time: the difference then lives in cache, not in a fresh [B, d] block (at
+    d = 2304 the whole-batch version spent more time faulting that block's pages in than computing)."""
+    B, d = x.shape
+    xb = torch.empty(B, d, dtype=torch.bfloat16, device=x.device)
+    eps, norm = x.new_empty(B), x.new_empty(B)
+    step = max(1, (1 << 16) // d)
+    for s in range(0, B, step):
+        rows, rows16 = x[s : s + step], xb[s : s + step]
+        rows16.copy_(rows)
+        torch.linalg.vector_norm(rows16.float().sub_(rows), dim=1, out=eps[s : s + step])
+        torch.linalg.vector_norm(rows, dim=1, out=norm[s : s + step])
+    return xb, eps, norm
+
+
 def _margin(eps: torch.Tensor, eps_other: float, norm: float, d: int, level: float) -> torch.Tensor:
     """Bound on |bf16 GEMM score - x.y| for scores near `level`; eps [B] = ||x - bf16(x)|| per row.
 
@@ -229,23 +246,31 @@ def _own_running() -> int:
     return n
 
 
+_others_before = 0  # other runnable tasks the previous fair_threads() call found
+
+
 def fair_threads(samples: int = 5) -> int:
     """Threads worth using now: the cores of this process not already taken by other runnable tasks (>= 1).
 
     On a shared machine an OpenMP pool wider than the free cores waits at every barrier for a descheduled
     thread; a 2-core machine under load ran the builder 4x faster on 1 thread than on 2. Linux's
     /proc/loadavg counts the tasks runnable right now; this process's own (the reader, and OpenMP workers
-    still spinning after the last parallel op) are not "other" load. The median of a few reads."""
+    still spinning after the last parallel op) are not "other" load. A core counts as taken only if every
+    one of a few reads finds it taken, in this call and in the previous one: a steady competitor is
+    runnable in all of them, while a read that catches a passing task (or one of our own workers changing
+    state between the two files) once cost a quiet machine a batch at half speed about once a run."""
+    global _others_before
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     try:
         reads = []
-        for _ in range(samples):
+        for _ in range(samples):  # our own threads counted before and after: one may change state between
+            before = _own_running()
             total = int(open("/proc/loadavg").read().split()[3].split("/")[0])
-            reads.append(total - max(1, _own_running()))
+            reads.append(total - max(1, before, _own_running()))
     except (OSError, ValueError, IndexError):
         return torch.get_num_threads()
-    reads.sort()
-    return max(1, min(torch.get_num_threads(), cores - reads[samples // 2]))
+    others, _others_before = min(min(reads), _others_before), min(reads)
+    return max(1, min(torch.get_num_threads(), cores - others))
 
 
 @contextlib.contextmanager
@@ -348,10 +373,10 @@ class LeaderClustering:
         sim = torch.ones(B, dtype=torch.float64, device=dev)
         if B == 0:
             return is_new, near, sim
-        xb = x.bfloat16()  # [B, d]
+        xb, eps, rnorm = _bf16_and_norms(x)  # [B, d] bf16(x), [B] ||x - bf16(x)||, [B] ||x||
         grow = 1 + d * 2.0**-22  # covers the rounding of the fp32 norms
-        eps = xb.float().sub_(x).norm(dim=1).double() * grow  # [B] ||x - bf16(x)||; the difference is exact
-        rnorm = x.norm(dim=1).double() * grow + eps  # [B] >= ||x||, ||bf16(x)|| (triangle inequality)
+        eps = eps.double() * grow
+        rnorm = rnorm.double() * grow + eps  # [B] >= ||x||, ||bf16(x)|| (triangle inequality)
         norm, eps_o = max(self._norm, rnorm.max().item()), max(self._eps, eps.max().item())
         m_tau, m_one = _margin(eps, eps_o, norm, d, tau), _margin(eps, eps_o, norm, d, norm * norm)  # [B]
         lo, hi, tol = tau - m_tau, tau + m_tau, _tol(d, norm)  # [B], [B], float
