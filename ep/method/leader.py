@@ -168,6 +168,16 @@ def _margin(eps: torch.Tensor, eps_other: float, norm: float, d: int, level: flo
     return e + U_BF16 * (abs(level) + e)
 
 
+def _bucket(n: int) -> int:
+    """n rounded up to one of 8 sizes per octave, a multiple of GROUP: at most max(GROUP, n / 8) more.
+
+    >>> [_bucket(n) for n in (1, 16, 100, 1000, 4096, 4097)]
+    [16, 16, 112, 1024, 4096, 4608]
+    """
+    step = max(GROUP, 1 << max(0, n.bit_length() - 4))
+    return -(-n // step) * step
+
+
 def _blockmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Maxima of bf16 scores s [n, w] (w % GROUP == 0) per block of GROUP columns and per row.
 
@@ -357,10 +367,11 @@ class LeaderClustering:
         """Rows per sub-batch. A sub-batch's rows that match no earlier exemplar meet each other in the
         within-batch stage, whose graph of pairs within threshold is dense on real (anisotropic) activations.
         So sub-batches are sized to expect no more of those rows than there are exemplars: step * f <= K,
-        f the fraction of rows the last sub-batch left unmatched (1 until one has run). Capped in size
+        f the fraction of rows the last sub-batch left unmatched (1 until one has run), in `_bucket` sizes
+        (GEMM shapes repeat). Capped in size
         because a fresh block over 32 MB (glibc's largest reused one) is mapped anew every time, and
         faulting its pages in costs as much as the arithmetic."""
-        return max(SUB_BATCH, min(int(self._k / self._unmatched), MAX_ROWS_X_DIM // self.dim))
+        return _bucket(max(SUB_BATCH, min(int(self._k / self._unmatched), MAX_ROWS_X_DIM // self.dim)))
 
     @torch.no_grad()
     def _add(self, x: torch.Tensor, nearest: bool):
@@ -407,7 +418,7 @@ class LeaderClustering:
         found, step = [], max(GROUP, CHUNK // B // GROUP * GROUP)
         for c0 in range(0, k0, step):
             w = min(k0 - c0, step)
-            wp = -(-w // GROUP) * GROUP  # padded to whole blocks with spare rows of _e16 (any bits) ...
+            wp = _bucket(w)  # padded with spare rows of _e16 (any bits) ...
             s = self._mm(xb, self._e16[c0 : c0 + wp], B, wp)  # [B, wp]
             if wp > w:
                 s[:, w:] = -torch.inf  # ... whose scores are overwritten
@@ -440,13 +451,13 @@ class LeaderClustering:
         the band); `_leaders` applies the rule to that graph."""
         n, dev, k0 = u.shape[0], self.device, self._k
         found = []
-        xbu = torch.empty(-(-n // GROUP) * GROUP, self.dim, dtype=xb.dtype, device=dev)  # [n padded, d]
+        xbu = torch.empty(_bucket(n), self.dim, dtype=xb.dtype, device=dev)  # [n padded, d]
         torch.index_select(xb, 0, u, out=xbu[:n])
         xbu[n:] = 0
         cols = xbu
         for r0 in range(0, n, ROW_BLOCK):
             r1 = min(n, r0 + ROW_BLOCK)
-            wp = -(-r1 // GROUP) * GROUP
+            wp = _bucket(r1)
             s = self._mm(xbu[r0:r1], cols[:wp], r1 - r0, wp)  # [b, wp]
             s[:, r0:r1] += self._tri[: r1 - r0, : r1 - r0]  # -inf on and above the diagonal
             s[:, r1:] = -torch.inf
@@ -485,7 +496,7 @@ class LeaderClustering:
         todo = ((near < k0) & (torch.arange(B, device=x.device) > pos[0])).nonzero()[:, 0]  # [t]
         if todo.numel() == 0:
             return
-        wp = -(-pos.numel() // GROUP) * GROUP
+        wp = _bucket(pos.numel())
         s = self._mm(xb[todo], self._e16[k0 : k0 + wp], todo.numel(), wp)  # [t, wp]
         born = torch.searchsorted(pos, todo)  # [t] leaders born before each row
         unborn = torch.arange(wp, device=x.device)[None, :] >= born[:, None]  # [t, wp] (and spare rows of _e16)
@@ -505,20 +516,31 @@ class LeaderClustering:
         near[rows], sim[rows] = win[rows], best[rows]
 
     def _mm(self, a: torch.Tensor, b: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-        """a @ b.T in bf16 into a reused buffer (fresh outputs cost page faults). -> [rows, cols]"""
-        if self._buf.numel() < rows * cols:
-            self._buf = torch.empty(max(rows * cols, 2 * self._buf.numel()), dtype=torch.bfloat16, device=self.device)
-        out = self._buf[: rows * cols].view(rows, cols)
+        """a @ b.T in bf16 into a reused buffer (fresh outputs cost page faults). -> [rows, cols]
+
+        oneDNN builds a kernel for every new shape, ~3 ms on this CPU (ten times a 1024 x 512 x 640 product),
+        and rows and K change with every sub-batch: rows are padded with zeros to a `_bucket` size (callers
+        choose bucketed cols), so a long build reuses a few dozen shapes instead of building new ones."""
         if rows * cols * self.dim < 1 << 22:  # tiny: skip oneDNN setup; an fp32 sum of exact products, same bound
-            return out.copy_(torch.mm(a.float(), b.float().T))
+            return self._out(rows, cols).copy_(torch.mm(a.float(), b.float().T))
+        padded = _bucket(rows) if not a.is_cuda else rows
+        if padded != rows:
+            a = torch.cat([a, a.new_zeros(padded - rows, a.shape[1])])
+        out = self._out(padded, cols)
         if not a.is_cuda:
-            return torch.mm(a, b.T, out=out)
+            return torch.mm(a, b.T, out=out)[:rows]
         flags = torch.backends.cuda.matmul  # the bound needs fp32 accumulation: no bf16 split-K reductions
         old, flags.allow_bf16_reduced_precision_reduction = flags.allow_bf16_reduced_precision_reduction, False
         try:
             return torch.mm(a, b.T, out=out)
         finally:
             flags.allow_bf16_reduced_precision_reduction = old
+
+    def _out(self, rows: int, cols: int) -> torch.Tensor:
+        """A [rows, cols] bf16 view of the reused GEMM output buffer."""
+        if self._buf.numel() < rows * cols:
+            self._buf = torch.empty(max(rows * cols, 2 * self._buf.numel()), dtype=torch.bfloat16, device=self.device)
+        return self._buf[: rows * cols].view(rows, cols)
 
     def state(self) -> tuple[torch.Tensor, float, float]:
         """What a checkpoint needs: the exemplars [K, d] and the two error-bound maxima."""
@@ -542,9 +564,10 @@ class LeaderClustering:
         k, n = self._k, idx.shape[0]
         if n == 0:
             return
-        if k + n + GROUP > self._e32.shape[0]:  # capacity doubling; >= GROUP spare rows pad the last block
+        spare = max(GROUP, (k + n) // 8)  # rows past the last exemplar that a `_bucket` width may read
+        if k + n + spare > self._e32.shape[0]:  # capacity doubling
             # from 64M entries: pages of empty() are only mapped when written, and growing copies everything
-            cap = max(k + n + GROUP, 2 * self._e32.shape[0], (1 << 26) // self.dim)
+            cap = max(k + n + spare, 2 * self._e32.shape[0], (1 << 26) // self.dim)
             e32, e16 = self._e32.new_empty(cap, self.dim), self._e16.new_empty(cap, self.dim)
             e32[:k], e16[:k] = self._e32[:k], self._e16[:k]  # (not torch.cat: it would write every row)
             self._e32, self._e16 = e32, e16
