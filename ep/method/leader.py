@@ -368,9 +368,8 @@ class LeaderClustering:
         within-batch stage, whose graph of pairs within threshold is dense on real (anisotropic) activations.
         So sub-batches are sized to expect no more of those rows than there are exemplars: step * f <= K,
         f the fraction of rows the last sub-batch left unmatched (1 until one has run), in `_bucket` sizes
-        (GEMM shapes repeat). Capped in size
-        because a fresh block over 32 MB (glibc's largest reused one) is mapped anew every time, and
-        faulting its pages in costs as much as the arithmetic."""
+        (GEMM shapes repeat). Capped in size because a fresh block over 32 MB (glibc's largest reused one)
+        is mapped anew every time, and faulting its pages in costs as much as the arithmetic."""
         return _bucket(max(SUB_BATCH, min(int(self._k / self._unmatched), MAX_ROWS_X_DIM // self.dim)))
 
     @torch.no_grad()
