@@ -9,12 +9,11 @@ thousands of candidates (EP regions, SAE features), every column in one vectoris
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import mannwhitneyu, rankdata
+from scipy.stats import rankdata
 
 
 def auroc(labels, scores) -> float:
-    """AUROC of scores [n] for labels [n] (1 = positive, 0 = negative): ``roc_auc_score``'s value, from the
-    positives' rank sum (tied scores share their mean rank, so a tie counts one half)."""
+    """AUROC of scores [n] for labels [n] (1 = positive, 0 = negative): ``roc_auc_score``'s value."""
     y, s = np.asarray(labels), np.asarray(scores, dtype=np.float64)
     if y.ndim != 1 or y.shape != s.shape:
         raise ValueError(f"expected labels [n] and scores [n], got {y.shape} and {s.shape}")
@@ -22,17 +21,17 @@ def auroc(labels, scores) -> float:
         raise ValueError("labels must be 1 (positive) or 0 (negative)")
     if not np.isfinite(s).all():
         raise ValueError("scores must be finite")
-    pos = y == 1
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        raise ValueError("AUROC needs at least one positive and one negative")
-    return float((rankdata(s)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    return float(auroc_columns(y, s[:, None])[0])
 
 
 def auroc_columns(labels, scores) -> np.ndarray:
-    """AUROC of every column of scores [n, K] for labels [n] → [K]; equal to ``roc_auc_score`` per column."""
+    """AUROC of every column of scores [n, K] for labels [n] → [K]; equal to ``roc_auc_score`` per column.
+
+    From the positives' rank sum, U = R+ − n+(n+ + 1)/2 (Mann-Whitney), AUROC = U / (n+ · n-); tied scores
+    share their mean rank, so a tie counts one half."""
     labels = np.asarray(labels).astype(bool)
-    if labels.all() or not labels.any():
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
         raise ValueError("AUROC needs at least one positive and one negative")
-    u = mannwhitneyu(np.asarray(scores)[labels], np.asarray(scores)[~labels], axis=0, method="asymptotic").statistic
-    return u / (labels.sum() * (~labels).sum())
+    ranks = rankdata(np.asarray(scores, dtype=np.float64), axis=0)  # [n, K]
+    return (ranks[labels].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
