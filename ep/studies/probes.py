@@ -430,8 +430,7 @@ def _probe_accuracy(x_train, y_train, x_test, y_test, Cs, folds: int, seed: int,
     def accuracy(C: float, fit: np.ndarray | slice, x, y) -> float:
         if len(np.unique(y_train[fit])) < 2:  # GridSearchCV's error_score: the fit fails, the fold scores NaN
             return np.nan
-        probe = LogisticRegression(C=C, max_iter=5000).fit(x_train[fit], y_train[fit])
-        return float((probe.predict(x) == y).mean())
+        return float((_fit_predict(x_train[fit], y_train[fit], x, C, standardise=False) == y).mean())
 
     with config_context(assume_finite=True, skip_parameter_validation=True):
         mean = np.array([np.mean([accuracy(C, a, x_train[b], y_train[b]) for a, b in cv]) for C in Cs])
