@@ -26,6 +26,7 @@ from .method.calibration import (
     spherical_centre,
     to_directions,
 )
+from .method.device import warm_vml
 from .method.dictionary import Dictionary, DictionaryFormatError
 from .method.leader import LeaderClustering, leader_cluster, leader_cluster_reference
 from .model.activations import (
@@ -38,6 +39,8 @@ from .model.activations import (
 from .model.loading import load_model
 from .model.pipeline import BuildConfig, build
 from .show.notebook import save_results, setup
+
+warm_vml()  # before any multi-threaded op: see its docstring (a torch/MKL race that changed activations)
 
 
 def __getattr__(name: str):

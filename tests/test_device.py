@@ -1,5 +1,8 @@
 """One decision for device and dtype: bf16 where the hardware does it natively, fp32 elsewhere, never fp16."""
 
+import re
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -46,3 +49,22 @@ def test_this_machine_is_decided_once():
     dev = D.default_device()
     assert dev.type in ("cpu", "cuda")
     assert D.default_dtype(dev) in (torch.float32, torch.bfloat16)
+
+
+def test_warm_vml_covers_every_op_torch_sends_to_mkl_vml():
+    """warm_vml must touch every VML-backed op of the installed torch (its vml.h lists them)."""
+    header = Path(torch.__file__).parent / "include" / "ATen" / "cpu" / "vml.h"
+    if not header.exists():
+        pytest.skip("this torch ships no ATen headers")
+    listed = set(re.findall(r"^IMPLEMENT_VML_MKL\((\w+),", header.read_text(), flags=re.M))  # commented ones skipped
+    if not listed:
+        pytest.skip("this torch build routes no op to MKL VML")
+    assert listed == set(D.VML_OPS)
+
+
+def test_warm_vml_calls_each_op_in_both_float_types(monkeypatch):
+    seen = []
+    for name in D.VML_OPS:
+        monkeypatch.setattr(torch, name, lambda t, name=name: seen.append((name, t.dtype, t.numel())))
+    D.warm_vml()
+    assert seen == [(n, d, 1) for d in (torch.float32, torch.float64) for n in D.VML_OPS]

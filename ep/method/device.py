@@ -52,3 +52,24 @@ def default_dtype(device: torch.device, cpuinfo: str | None = None) -> torch.dty
             raise ValueError(f"{DTYPE_ENV}={name!r}: use float32 or bfloat16 (fp16 is not supported: Gemma overflows)")
         return _NAMES[name]
     return torch.bfloat16 if native_bf16(device, cpuinfo) else torch.float32
+
+
+# Float unary ops that ATen hands to MKL's vector math library (aten/src/ATen/cpu/vml.h, torch 2.13).
+VML_OPS = ("acos", "asin", "atan", "cos", "erf", "erfc", "erfinv", "exp", "log", "log10", "log2", "sin", "sqrt",
+           "tan", "tanh", "trunc")
+
+
+def warm_vml() -> None:
+    """Call each VML-backed op once on one element, in this thread, before any op runs on several threads.
+
+    oneMKL picks each VML function's kernel on its first call. When that first call runs on two OpenMP
+    threads at once, one thread can run a low-accuracy kernel for its whole chunk (pytorch/pytorch#188792;
+    fixed in oneMKL 2025). Here it struck Gemma's rotary ``cos``: one batch in about three processes came
+    out with errors of 1.5e-4 in cos and therefore different activations, so the same calibration gave
+    θ = 0.25692 or 0.25695 depending on the run. A one-element call runs on the calling thread and settles the
+    choice for good; it costs well under a millisecond.
+    """
+    for dtype in (torch.float32, torch.float64):
+        one = torch.full((1,), 0.5, dtype=dtype)
+        for name in VML_OPS:
+            getattr(torch, name)(one)

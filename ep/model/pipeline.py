@@ -93,7 +93,8 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
     key = {**asdict(config), "max_tokens": None, "n_samples": None, "ep_version": None,  # not what θ depends on
            "saturation_window": None,
            "texts": hashlib.sha256("\x00".join(calibration_texts).encode()).hexdigest(), "extractor": "token",
-           "calibration_protocol": "documents"}
+           "calibration_protocol": "documents",
+           "numerics": "vml-warmed"}  # older caches may hold activations hit by the race ep.method.device.warm_vml ends
 
     def compute() -> Calibration:
         batch = token_activations(model, calibration_texts, layer, desc="calibration", **extract)
