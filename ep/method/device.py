@@ -64,10 +64,10 @@ def warm_vml() -> None:
 
     oneMKL picks each VML function's kernel on its first call. When that first call runs on two OpenMP
     threads at once, one thread can run a low-accuracy kernel for its whole chunk (pytorch/pytorch#188792;
-    fixed in oneMKL 2025). Here it struck Gemma's rotary ``cos``: one batch in about three processes came
-    out with errors of 1.5e-4 in cos and therefore different activations, so the same calibration gave
-    θ = 0.25692 or 0.25695 depending on the run. A one-element call runs on the calling thread and settles the
-    choice for good; it costs well under a millisecond.
+    not seen with oneMKL 2025 or later). Here it struck Gemma's rotary ``cos`` in about one process in three:
+    one batch came out with errors of up to 1.5e-4 in cos, hence different activations, and the same
+    calibration gave θ = 0.25692 or 0.25695 depending on the run. A one-element call runs on the calling
+    thread and settles the choice for good; it costs well under a millisecond.
     """
     for dtype in (torch.float32, torch.float64):
         one = torch.full((1,), 0.5, dtype=dtype)
