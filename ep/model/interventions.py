@@ -110,7 +110,12 @@ def diff_in_means(positive: torch.Tensor, negative: torch.Tensor) -> torch.Tenso
         raise ValueError(f"expected [N1, d] and [N2, d], got {tuple(positive.shape)} and {tuple(negative.shape)}")
     if len(positive) == 0 or len(negative) == 0:
         raise ValueError("both sets need at least one row")
-    diff = positive.double().mean(0) - negative.double().mean(0)
+    return unit_difference(positive.double().mean(0), negative.double().mean(0))
+
+
+def unit_difference(positive_mean: torch.Tensor, negative_mean: torch.Tensor) -> torch.Tensor:
+    """(a − b) / ‖a − b‖ of two means [d] -> [d] float32, computed in float64; equal means have no direction."""
+    diff = positive_mean.double() - negative_mean.double()
     if float(diff.norm()) == 0.0:
         raise ValueError("the two means are equal: no direction")
     return (diff / diff.norm()).float()

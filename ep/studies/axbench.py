@@ -40,6 +40,7 @@ from ..method.calibration import calibrate, to_directions
 from ..method.metrics import auroc, auroc_columns
 from ..model.activations import ActivationBatch, decoder_layers
 from ..model.chat import chat_prompt
+from ..model.interventions import unit_difference
 
 LABELS = {"positive": 1, "negative": 0}  # everything else (hard negatives) is left out, as in AxBench
 SCOPES = ("after_prefix", "output", "row")
@@ -242,8 +243,12 @@ class LinearDetector:
     bias: float = 0.0
 
     def __call__(self, acts: torch.Tensor) -> torch.Tensor:  # [N, d] -> [N]
-        x = to_directions(acts, self.centre) if self.centre is not None else acts.float()
-        return x @ self.direction.float() + self.bias
+        return token_vectors(acts, self.centre) @ self.direction.float() + self.bias
+
+
+def token_vectors(acts: torch.Tensor, centre: torch.Tensor | None) -> torch.Tensor:
+    """What a detector scores, [N, d] float32: the centred unit rows (h − c)/‖h − c‖ (``centre`` given), else h."""
+    return to_directions(acts, centre) if centre is not None else acts.float()
 
 
 @dataclass
@@ -295,8 +300,7 @@ def row_sums(acts: torch.Tensor, row: torch.Tensor, keep: torch.Tensor, n_rows: 
     sums = torch.zeros(n_rows, acts.shape[1], dtype=torch.float64)
     for s in range(0, len(idx), chunk_size):
         i = idx[s:s + chunk_size]
-        x = to_directions(acts[i], centre) if centre is not None else acts[i].float()
-        sums.index_add_(0, row[i], x.double())
+        sums.index_add_(0, row[i], token_vectors(acts[i], centre).double())
     return sums, torch.bincount(row[idx], minlength=n_rows)
 
 
@@ -365,8 +369,7 @@ def diffmean(sums: torch.Tensor, counts: torch.Tensor, split: ConceptSplit) -> L
     direction ``diff_in_means`` gives on the two token sets, here from per-row sums of h (``row_sums``), so a
     bootstrap redraw of the rows costs no pass over the tokens."""
     rows, pos = torch.as_tensor(split.train_rows), torch.as_tensor(split.train_labels.astype(bool))
-    diff = token_mean(sums, counts, rows[pos]) - token_mean(sums, counts, rows[~pos])
-    return LinearDetector((diff / diff.norm()).float())
+    return LinearDetector(unit_difference(token_mean(sums, counts, rows[pos]), token_mean(sums, counts, rows[~pos])))
 
 
 def probe(acts: torch.Tensor, rows: RowActivations, keep: torch.Tensor, split: ConceptSplit,
@@ -415,9 +418,7 @@ def basis(dictionary, name: str) -> torch.Tensor:
 
 def unit_scores(directions: torch.Tensor, centre: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
     """Every unit's token score [n, d] -> [n, K]: centred cosine with each direction (``centre`` given), else h·e."""
-    if centre is not None:
-        return lambda a: to_directions(a, centre) @ directions.T
-    return lambda a: a.float() @ directions.T
+    return lambda a: token_vectors(a, centre) @ directions.T
 
 
 # -----------------------------------------------------------------------------
@@ -525,7 +526,7 @@ def pooled_scores(detectors: list, acts: torch.Tensor, rows: RowActivations, kee
     linear = [d for d in unique.values() if isinstance(d, LinearDetector)]
     for centre in {id(d.centre): d.centre for d in linear}.values():
         group = [d for d in linear if d.centre is centre]
-        x = to_directions(acts, centre) if centre is not None else acts.float()
+        x = token_vectors(acts, centre)
         w = torch.stack([d.direction.float() for d in group], 1)  # [d, G]
         scores = x @ w + torch.tensor([d.bias for d in group], dtype=torch.float32)
         pooled = max_pool(scores, rows.row, keep, rows.n_rows).numpy()  # [n_rows, G]
