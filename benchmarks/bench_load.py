@@ -24,11 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_official import PAUSE, WORKER, clustered, gemma_rows, loads, theta_for
+from bench_official import PAUSE, THREADS, WORKER, clustered, gemma_rows, loads, official, ours, theta_for
 
-from ep.method.builder import DictionaryBuilder
-from ep.method.calibration import Calibration, spherical_centre
-from ep.method.leader import fair_threads
+from ep.method.calibration import spherical_centre
 from ep.show.notebook import machine
 
 HERE = Path(__file__).parent
@@ -40,23 +38,6 @@ while True:
     a @ b
 """
 VARIANTS = ("ours", "ours 1 thread", "ours 2 threads", "official", "official 1 thread")
-
-
-def ours(x: np.ndarray, centre: torch.Tensor, theta: float, threads: int | None, batch: int = 4096) -> float:
-    cal = Calibration(centre=centre, threshold=theta, percentile=float("nan"), n_tokens=0)
-    builder = DictionaryBuilder(cal, chunk_size=batch, threads=threads)
-    n = x.shape[0]
-    doc, pos = torch.arange(n) // 128, torch.arange(n) % 128
-    start = time.perf_counter()
-    for s in range(0, n, batch):
-        builder.add_arrays(torch.from_numpy(x[s:s + batch]), doc[s:s + batch], pos[s:s + batch], pos[s:s + batch])
-    return time.perf_counter() - start
-
-
-def official(worker: subprocess.Popen, job: dict) -> float:
-    worker.stdin.write(json.dumps(job) + "\n")
-    worker.stdin.flush()
-    return sum(json.loads(worker.stdout.readline())["times"])
 
 
 def main() -> None:
@@ -91,18 +72,17 @@ def main() -> None:
                 job = {"data": str(tmp / f"{i}_x.npy"), "centre": str(tmp / f"{i}_c.npy"), "theta": theta,
                        "batch": 4096}
                 times = {v: [] for v in VARIANTS}
-                picked = []
+                THREADS.clear()  # ours() notes what fair_threads() picks as each of its runs "ours" starts
                 for _ in range(args.reps):
                     for v in VARIANTS:
                         time.sleep(PAUSE)
                         if v.startswith("official"):
-                            times[v].append(official(workers[v], job))
+                            times[v].append(sum(official(workers[v], job)["times"]))
                         else:
-                            if v == "ours":
-                                picked.append(fair_threads())  # what the builder is about to pick
-                            times[v].append(ours(x, centre, theta, {"ours": None, "ours 1 thread": 1}.get(v, 2)))
+                            threads_now = {"ours": None, "ours 1 thread": 1}.get(v, 2)
+                            times[v].append(sum(ours(x, centre, theta, 4096, threads_now)[0]))
                 row = {"load": f"{procs}x{threads}", "data": label, "theta": theta, "loads": loads(),
-                       "fair_threads": picked, "median_s": {v: float(np.median(t)) for v, t in times.items()},
+                       "fair_threads": list(THREADS), "median_s": {v: float(np.median(t)) for v, t in times.items()},
                        "times_s": times}
                 rows.append(row)
                 print(json.dumps({k: row[k] for k in ("load", "data", "median_s", "fair_threads")}), flush=True)

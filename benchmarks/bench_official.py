@@ -105,10 +105,12 @@ def theta_for(x: np.ndarray, centre: torch.Tensor, regions_frac: float) -> float
     return float(np.clip(1 - torch.quantile(s, regions_frac).item(), 1e-3, 1.99))
 
 
-def ours(x: np.ndarray, centre: torch.Tensor, theta: float, batch: int):
+def ours(x: np.ndarray, centre: torch.Tensor, theta: float, batch: int, threads: int | None = None):
+    """Our builder over the stream -> (seconds per batch, exemplar row indices); threads None: fair_threads()."""
     cal = Calibration(centre=centre, threshold=theta, percentile=float("nan"), n_tokens=0)
-    b, times = DictionaryBuilder(cal, chunk_size=batch), []
-    THREADS.append(fair_threads())  # what the builder is about to pick for its first batch
+    b, times = DictionaryBuilder(cal, chunk_size=batch, threads=threads), []
+    if threads is None:
+        THREADS.append(fair_threads())  # what the builder is about to pick for its first batch
     n = x.shape[0]
     doc, pos = torch.arange(n) // 128, torch.arange(n) % 128
     for s in range(0, n, batch):
@@ -116,6 +118,13 @@ def ours(x: np.ndarray, centre: torch.Tensor, theta: float, batch: int):
         b.add_arrays(torch.from_numpy(x[s:s + batch]), doc[s:s + batch], pos[s:s + batch], pos[s:s + batch])
         times.append(time.perf_counter() - t)
     return times, b.snapshot().exemplar_index.tolist()
+
+
+def official(worker: subprocess.Popen, job: dict) -> dict:
+    """One job for the official worker (data, centre, theta, batch) -> {"times": [s per batch], "exemplars"}."""
+    worker.stdin.write(json.dumps(job) + "\n")
+    worker.stdin.flush()
+    return json.loads(worker.stdout.readline())
 
 
 def explain(x: np.ndarray, centre: torch.Tensor, theta: float, ours_ex: list, official_ex: list) -> dict:
@@ -169,10 +178,8 @@ def main() -> None:
                         time.sleep(PAUSE)  # the other side's idle BLAS / OpenMP threads spin a while after work
                         t_o, ex_o = ours(x, centre, theta, args.batch)
                         time.sleep(PAUSE)
-                        worker.stdin.write(json.dumps({"data": str(tmp / "x.npy"), "centre": str(tmp / "c.npy"),
-                                                       "theta": theta, "batch": args.batch}) + "\n")
-                        worker.stdin.flush()
-                        off = json.loads(worker.stdout.readline())
+                        off = official(worker, {"data": str(tmp / "x.npy"), "centre": str(tmp / "c.npy"),
+                                                "theta": theta, "batch": args.batch})
                         for side, t in (("ours", t_o), ("official", off["times"])):
                             if best[side] is None or sum(t) < sum(best[side]):
                                 best[side] = t
