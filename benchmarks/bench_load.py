@@ -17,7 +17,6 @@ each code draws from a second core when it is free. Results: results/load.{json,
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,19 +24,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from bench_official import PAUSE, THREADS, WORKER, clustered, gemma_rows, loads, official, ours, theta_for
+from bench_official import (
+    PAUSE,
+    THREADS,
+    clustered,
+    competitor,
+    gemma_rows,
+    loads,
+    official,
+    ours,
+    start_worker,
+    theta_for,
+)
 
 from ep.method.calibration import spherical_centre
 from ep.show.notebook import machine
 
 HERE = Path(__file__).parent
-LOAD = """
-import torch
-torch.set_num_threads({threads})
-a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
-while True:
-    a @ b
-"""
 VARIANTS = ("ours", "ours 1 thread", "ours 2 threads", "official", "official 1 thread")
 
 
@@ -61,12 +64,11 @@ def main() -> None:
         np.save(tmp / f"{len(shapes)}_c.npy", centre.numpy())
         shapes.append((label, x, centre, theta_for(x, centre, 0.05)))
     serial = {k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-    workers = {v: subprocess.Popen([args.official_python, "-c", WORKER, args.official_src], stdin=subprocess.PIPE,
-                                   stdout=subprocess.PIPE, text=True, env={**os.environ, **extra})
+    workers = {v: start_worker(args.official_python, args.official_src, extra)
                for v, extra in (("official", {}), ("official 1 thread", serial))}
     rows, start = [], {"loads": loads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for procs, threads in load_kinds:
-        competitors = [subprocess.Popen([sys.executable, "-c", LOAD.format(threads=threads)]) for _ in range(procs)]
+        competitors = [competitor(threads) for _ in range(procs)]
         time.sleep(2 if procs else 0)
         try:
             for i, (label, x, centre, theta) in enumerate(shapes):

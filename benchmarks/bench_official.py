@@ -67,12 +67,23 @@ for line in sys.stdin:
 '''
 
 LOAD = r'''
-import torch, time
-torch.set_num_threads(2)
+import torch
+torch.set_num_threads({threads})
 a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
 while True:
     a @ b
 '''
+
+
+def competitor(threads: int) -> subprocess.Popen:
+    """A competing process running fp32 GEMMs on `threads` threads until killed."""
+    return subprocess.Popen([sys.executable, "-c", LOAD.format(threads=threads)])
+
+
+def start_worker(python: str, src: str, env: dict | None = None) -> subprocess.Popen:
+    """The official code in its own interpreter, answering `official()` jobs (env: extra variables)."""
+    return subprocess.Popen([python, "-c", WORKER, src], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **(env or {})})
 
 
 def loads() -> str:
@@ -159,11 +170,10 @@ def main() -> None:
     regimes = {"few": 0.05, "mid": 0.4, "all": 1.0}
 
     tmp = Path(tempfile.mkdtemp())
-    worker = subprocess.Popen([args.official_python, "-c", WORKER, args.official_src], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
+    worker = start_worker(args.official_python, args.official_src)
     rows, start = [], {"loads": loads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for cond in ["quiet"] + ([] if args.no_load else ["loaded"]):
-        load = subprocess.Popen([sys.executable, "-c", LOAD]) if cond == "loaded" else None
+        load = competitor(2) if cond == "loaded" else None
         time.sleep(2 if load else 0)
         try:
             for label, x in shapes:
