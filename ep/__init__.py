@@ -38,6 +38,7 @@ from .model.activations import (
 )
 from .model.loading import load_model
 from .model.pipeline import BuildConfig, build
+from .show.claims import Claims
 from .show.notebook import save_results, setup
 
 warm_vml()  # before any multi-threaded op: see its docstring (a torch/MKL race that changed activations)
@@ -56,6 +57,7 @@ __all__ = [
     "ActivationBatch",
     "BuildConfig",
     "Calibration",
+    "Claims",
     "Dictionary",
     "DictionaryBuilder",
     "DictionaryFormatError",

@@ -42,6 +42,8 @@ def test_notebook_executes(path):
     parameters = {"results_dir": str(results)}
     if "fill_solutions" in _parameters_source(path):  # run the exercises' worked solutions: each check must pass
         parameters["fill_solutions"] = True
+    if "check_claims" in _parameters_source(path):  # CI holds the defaults to the paper's claims
+        parameters["check_claims"] = "raise"
     papermill.execute_notebook(str(path), str(out / path.name), cwd=str(path.parent),
                                parameters=parameters, progress_bar=False)
     assert (results / f"{path.stem}.json").exists(), "the notebook must write its results JSON"
