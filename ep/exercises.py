@@ -2,18 +2,21 @@
 
 Each notebook poses a few exercises at the moments that matter (the spherical centre, θ as a
 percentile, the leader rule, ...). The learner writes a small function; ``check(name, fn)`` calls it
-and the reference on several freshly drawn inputs and prints either a pass or exactly which input
-failed, with what was expected and what came back. It never raises, so a wrong answer never stops
-the notebook: the story goes on with the reference.
+and the reference on the exercise's edge cases (exact ties at θ, a region of one member, ...) and on
+freshly drawn inputs, and prints either a pass or the smallest failing input it can find, what was
+expected, what came back and, when the answer is a known mistake, which one in words. It never raises, so
+a wrong answer never stops the notebook: the story goes on with the reference. ``check(..., seed=S)``
+replays the inputs of a printed seed.
 
     >>> import numpy as np
     >>> check("membership_f1", lambda a, b: 2 * len(set(a) & set(b)) / (len(set(a)) + len(set(b))))
-    ✓ membership_f1: matches the reference on 6 fresh inputs
+    ✓ membership_f1: matches the reference on 0 edge cases and 6 random inputs
     True
 
-Every exercise is an ``Exercise``: how to draw inputs, the reference (``ep``'s own implementation
-wherever one exists, so there is one definition), how to compare, and, for the tests, a few
-plausible wrong answers that the check must catch. Inputs and outputs are numpy arrays.
+Every exercise is an ``Exercise``: how to draw inputs, the fixed edge cases that separate right from
+nearly right, the reference (``ep``'s own implementation wherever one exists, so there is one
+definition), how to compare, and the plausible mistakes, each named as the learner should read it; the
+edge cases make every listed mistake fail every call (tests check it). Inputs and outputs are numpy arrays.
 """
 
 from __future__ import annotations
@@ -40,7 +43,8 @@ class Exercise:
     summary: str                                  # one line: what to write
     inputs: Callable[[np.random.Generator], tuple]  # fresh arguments for one trial
     reference: Callable[..., object]
-    wrong: dict[str, Callable[..., object]] = field(default_factory=dict)  # plausible mistakes (for tests)
+    wrong: dict[str, Callable[..., object]] = field(default_factory=dict)  # known mistakes, named for the learner
+    edge: Callable[[], list[tuple]] = lambda: []  # inputs every call tries first (ties at θ, tiny regions, ...)
     rtol: float = 1e-5
     atol: float = 1e-6
 
@@ -148,17 +152,25 @@ def _coherent_inputs(rng: np.random.Generator) -> tuple:
     return counts, coherence, int(rng.integers(3, 10)), min_members
 
 
+# 24 unit vectors in 4-D whose cosines are exactly 0, ±0.5 or ±1: exact ties at θ = 0.5 in float arithmetic
+DYADIC = np.concatenate([np.eye(4), -np.eye(4), np.array([[a, b, c, e] for a in (.5, -.5) for b in (.5, -.5)
+                                                           for c in (.5, -.5) for e in (.5, -.5)])])
+
+
+def _place_ties(rng: np.random.Generator) -> tuple:
+    """Tokens some of which are exactly θ = 0.5 from their nearest exemplar."""
+    while True:
+        exemplars = DYADIC[rng.choice(len(DYADIC), size=int(rng.integers(3, 8)), replace=False)]
+        tokens = DYADIC[rng.integers(0, len(DYADIC), size=int(rng.integers(20, 40)))]
+        if (1 - (tokens @ exemplars.T).max(axis=1) == 0.5).any():
+            break
+    centre = (rng.integers(3, 7, size=4) * rng.choice([-1, 1], size=4)).astype(np.float64)  # never -2·token
+    return centre + 2.0 * tokens, centre, exemplars, 0.5
+
+
 def _place_inputs(rng: np.random.Generator) -> tuple:
-    if rng.random() < 0.5:  # exact ties at θ: dyadic directions whose cosines are exactly 0, ±0.5, ±1
-        half = np.array([[a, b, c, e] for a in (.5, -.5) for b in (.5, -.5) for c in (.5, -.5) for e in (.5, -.5)])
-        rows = np.concatenate([np.eye(4), -np.eye(4), half])
-        while True:  # until some token's nearest exemplar is exactly θ = 0.5 away
-            exemplars = rows[rng.choice(len(rows), size=int(rng.integers(3, 8)), replace=False)]
-            tokens = rows[rng.integers(0, len(rows), size=int(rng.integers(20, 40)))]
-            if (1 - (tokens @ exemplars.T).max(axis=1) == 0.5).any():
-                break
-        centre = (rng.integers(3, 7, size=4) * rng.choice([-1, 1], size=4)).astype(np.float64)  # never -2·token
-        return centre + 2.0 * tokens, centre, exemplars, 0.5
+    if rng.random() < 0.5:
+        return _place_ties(rng)
     acts = _acts(rng)
     centre = acts.mean(axis=0) * rng.uniform(0.8, 1.0)
     exemplars = _unit(rng.normal(size=(int(rng.integers(3, 10)), acts.shape[1])))
@@ -167,10 +179,8 @@ def _place_inputs(rng: np.random.Generator) -> tuple:
 
 
 def _leader_inputs(rng: np.random.Generator) -> tuple:
-    if rng.random() < 0.5:  # exact ties: dyadic unit vectors whose cosines are exactly 0, ±0.5, ±1
-        half = np.array([[a, b, c, e] for a in (.5, -.5) for b in (.5, -.5) for c in (.5, -.5) for e in (.5, -.5)])
-        rows = np.concatenate([np.eye(4), -np.eye(4), half])
-        return rows[rng.permutation(len(rows))][: int(rng.integers(8, len(rows)))], 0.5
+    if rng.random() < 0.5:  # exact ties at θ
+        return DYADIC[rng.permutation(len(DYADIC))][: int(rng.integers(8, len(DYADIC)))], 0.5
     u = _unit(rng.normal(size=(int(rng.integers(30, 80)), int(rng.integers(3, 8)))))
     return u, float(rng.uniform(0.3, 1.2))
 
@@ -268,7 +278,7 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in [
     Exercise(
         "place_tokens", "00",
         "place_tokens(acts [N, d] raw, centre [d], exemplars [K, d], theta) -> region [N], -1 where new",
-        _place_inputs, _place_tokens,
+        _place_inputs, _place_tokens, edge=lambda: [_place_ties(np.random.default_rng(0))],
         wrong={"not centred": lambda a, c, e, t: _place_tokens(a, np.zeros_like(c), e, t),
                ">= instead of > at θ": lambda a, c, e, t: np.where(
                    1 - (_unit(a - c) @ e.T).max(1) >= t, -1, np.argmax(_unit(a - c) @ e.T, axis=1)),
@@ -303,6 +313,7 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in [
     Exercise(
         "leader_rule", "02", "leader_rule(u [N, d] unit rows, theta) -> exemplar indices in arrival order",
         _leader_inputs, lambda u, t: leader_cluster_reference(u, t),
+        edge=lambda: [(DYADIC, 0.5)],  # exact ties at θ
         wrong={">= instead of >": lambda u, t: _leader_ge(u, t),
                "only the last exemplar": lambda u, t: _leader_last(u, t)}),
     Exercise(
@@ -337,7 +348,7 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in [
         wrong={"Jaccard": lambda a, b: len(set(a) & set(b)) / len(set(a) | set(b))}),
     Exercise(
         "top_set", "06", "top_set(scores [N], k) -> set of the k top tokens among positive scores",
-        _top_set_inputs, _top_set,
+        _top_set_inputs, _top_set, edge=lambda: [(np.array([-1.0, 2.0, -0.5, 1.0, 0.0]), 4)],  # 2 positives < k
         wrong={"positives not required": lambda s, k: set(np.argsort(-s, kind="stable")[:k].tolist())}),
     Exercise(
         "histogram_feature", "06", "histogram_feature(texts: list of [T, d] unit rows, basis [K, d]) -> [n, K]",
@@ -347,6 +358,7 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in [
     Exercise(
         "max_pooled_score", "07", "max_pooled_score(acts [T, d], prefix, e [d]) -> float",
         _max_pooled_inputs, _max_pooled,
+        edge=lambda: [(np.array([[5.0, 0], [4, 0], [3, 0], [2, 0], [-1, 0]]), 3, np.array([1.0, 0]))],  # max just after
         wrong={"prefix included": lambda a, p, e: float((a @ e).max()),
                "mean pooling": lambda a, p, e: float((a[p:] @ e).mean())}),
     Exercise(
@@ -418,54 +430,137 @@ def _same(got, want, ex: Exercise) -> str | None:
         return f"shape {got.shape}, expected {want.shape}"
     if not np.allclose(got, want, rtol=ex.rtol, atol=ex.atol):
         i = np.unravel_index(np.argmax(np.abs(got - want)), want.shape) if want.ndim else ()
-        return f"at index {tuple(map(int, i))}: expected {want[i]!r}, got {got[i]!r}" if want.ndim else \
-            f"expected {float(want)!r}, got {float(got)!r}"
+        return f"at index {tuple(map(int, i))}: expected {float(want[i]):.6g}, got {float(got[i]):.6g}" if want.ndim \
+            else f"expected {float(want):.6g}, got {float(got):.6g}"
     return None
 
 
-def _describe(args: tuple) -> str:
+def _copies(args: tuple) -> list:
+    """The arguments as the learner's function gets them: arrays copied, so an in-place edit changes nothing here."""
+    return [a.copy() if isinstance(a, np.ndarray) else list(a) if isinstance(a, list) else a for a in args]
+
+
+def _show(args: tuple, names: list[str]) -> str:
+    """The input as a learner can paste it: small arrays in full, large ones by shape."""
     out = []
-    for a in args:
-        if isinstance(a, np.ndarray):
-            out.append(f"array {a.shape}")
+    for name, a in zip(names, args):
+        if isinstance(a, np.ndarray) and a.size <= 48:
+            text = np.array2string(a, precision=3, suppress_small=True, separator=", ", max_line_width=100)
+            out.append(f"{name} = np.array({text})".replace("\n", "\n" + " " * (len(name) + 13)))
+        elif isinstance(a, np.ndarray):
+            out.append(f"{name}: array of shape {a.shape}")
         elif isinstance(a, list):
-            out.append(f"list of {len(a)} arrays")
+            out.append(f"{name}: list of {len(a)} arrays")
         else:
-            out.append(repr(a))
-    return "(" + ", ".join(out) + ")"
+            out.append(f"{name} = {a!r}")
+    return "\n    ".join(out)
 
 
-def check(name: str, fn: Callable, trials: int = 6, must_pass: bool = False, quiet: bool = False) -> bool:
-    """Run ``fn`` against exercise ``name``'s reference on ``trials`` fresh inputs; print and return the verdict.
+def _failure(ex: Exercise, fn: Callable, args: tuple) -> str | None:
+    """None when fn agrees with the reference on args, else what differs (NotImplementedError propagates)."""
+    want = ex.reference(*_copies(args))
+    try:
+        got = fn(*_copies(args))
+    except NotImplementedError:
+        raise
+    except Exception as e:  # a learner's bug: say where, do not stop the notebook
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        return f"raised {type(e).__name__}: {e} (line {frame.lineno})"
+    try:
+        diff = _same(got, want, ex)
+    except Exception as e:
+        return f"returned a {type(got).__name__}, not comparable with the expected {type(want).__name__} ({e})"
+    return diff
+
+
+def _known_mistakes(ex: Exercise, fn: Callable, args: tuple) -> list[str]:
+    """The names of the listed mistakes whose output on args equals fn's."""
+    try:
+        got = fn(*_copies(args))
+    except Exception:
+        return []
+    names = []
+    for mistake, wrong in ex.wrong.items():
+        try:
+            if _same(got, wrong(*_copies(args)), ex) is None:
+                names.append(mistake)
+        except Exception:
+            continue
+    return names
+
+
+def _valid(ex: Exercise, args: tuple) -> bool:
+    """Does the reference accept these (shrunk) arguments? Shapes must still fit together."""
+    try:
+        with np.errstate(all="ignore"):
+            ex.reference(*_copies(args))
+        return True
+    except Exception:
+        return False
+
+
+def _shrink(ex: Exercise, fn: Callable, args: tuple, budget: int = 200) -> tuple:
+    """A smaller input that still fails: drop chunks of rows (first axis) of each array or list argument while
+    the reference still accepts the input and fn still disagrees with it (greedy, halves down to single rows)."""
+    args = list(args)
+    for i, a in enumerate(args):
+        if not isinstance(a, (np.ndarray, list)) or (isinstance(a, np.ndarray) and a.ndim == 0):
+            continue
+        size = max(1, len(a) // 2)
+        while size >= 1 and budget > 0:
+            start, shrunk = 0, False
+            while start < len(args[i]) and len(args[i]) > 1 and budget > 0:
+                a = args[i]
+                keep = np.r_[0:start, min(len(a), start + size):len(a)]
+                smaller = a[keep] if isinstance(a, np.ndarray) else [a[k] for k in keep]
+                trial = tuple(args[:i] + [smaller] + args[i + 1:])
+                budget -= 1
+                try:
+                    fails = len(smaller) > 0 and _valid(ex, trial) and _failure(ex, fn, trial) is not None
+                except NotImplementedError:
+                    fails = False
+                if fails:
+                    args[i], shrunk = smaller, True
+                else:
+                    start += size
+            if not shrunk:
+                size //= 2
+    return tuple(args)
+
+
+def check(name: str, fn: Callable, trials: int = 6, must_pass: bool = False, quiet: bool = False,
+          seed: int | None = None) -> bool:
+    """Run ``fn`` against exercise ``name``'s reference on its edge cases and ``trials`` fresh inputs; print
+    and return the verdict. On a failure it prints the smallest failing input it finds and, when the answer
+    matches a known mistake, names it. ``seed``: replay the random inputs of an earlier call.
 
     Never raises for a wrong or unfinished answer (unless ``must_pass``, which CI uses with the solutions
     filled in): the notebook goes on with the reference either way."""
+    import inspect
+
     ex = EXERCISES[name]
-    seed = int(np.random.SeedSequence().entropy % 2**32)  # fresh inputs every call; printed to reproduce
+    seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else int(seed)
     rng = np.random.default_rng(seed)
+    cases = [("an edge case", args) for args in ex.edge()]
+    cases += [(f"random input {t + 1} of {trials}", ex.inputs(rng)) for t in range(trials)]
+    names = list(inspect.signature(SOLUTIONS[name]).parameters)  # the names the notebook's stub uses
     verdict = None
-    for trial in range(trials):
-        args = ex.inputs(rng)
-        want = ex.reference(*args)
-        try:
-            got = fn(*[a.copy() if isinstance(a, np.ndarray) else a for a in args])
-        except NotImplementedError:
-            verdict = "not written yet (it raises NotImplementedError): fill in the function and run the cell again"
-            break
-        except Exception as e:  # a learner's bug: say where, do not stop the notebook
-            frame = traceback.extract_tb(e.__traceback__)[-1]
-            verdict = f"raised {type(e).__name__}: {e} (line {frame.lineno}) on input {_describe(args)}"
-            break
-        try:
-            diff = _same(got, want, ex)
-        except Exception as e:
-            diff = f"returned a {type(got).__name__}, not comparable with the expected {type(want).__name__} ({e})"
-        if diff is not None:
-            verdict = f"trial {trial + 1}, input {_describe(args)}: {diff}"
-            break
+    try:
+        for label, args in cases:
+            if _failure(ex, fn, args) is not None:
+                mistakes = _known_mistakes(ex, fn, args)  # on the whole input: a shrunk one tells fewer apart
+                small = _shrink(ex, fn, args)
+                verdict = f"wrong on {label}: {_failure(ex, fn, small)}." + \
+                    (f" This is a known mistake: {' or '.join(mistakes)}." if mistakes else "") + \
+                    "\n  The smallest failing input found:\n    " + _show(small, names)
+                break
+    except NotImplementedError:
+        verdict = "not written yet (it raises NotImplementedError): fill in the function and run the cell again"
     if not quiet:
-        print(f"✓ {name}: matches the reference on {trials} fresh inputs" if verdict is None else
-              f"✗ {name}: {verdict}  [inputs from seed {seed}]")
+        edges = len(cases) - trials
+        print(f"✓ {name}: matches the reference on {edges} edge case{'s' * (edges != 1)} and {trials} random inputs"
+              if verdict is None else
+              f"✗ {name}: {verdict}\n  (replay these inputs: ep.exercises.check({name!r}, your_function, seed={seed}))")
     if must_pass and verdict is not None:
         raise AssertionError(f"exercise {name}: {verdict}")
     return verdict is None
