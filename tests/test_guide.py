@@ -64,3 +64,29 @@ def test_track_minutes_add_up():
     full = GUIDE[GUIDE.index("### Full day"):GUIDE.index("## Exercises")]
     for sums, total in re.findall(r"\| ([\d +]+) = (\d+) \|", full):
         assert sum(map(int, sums.split("+"))) == int(total)
+
+
+def test_common_wrong_answers_list_every_mistake_the_checker_names():
+    from ep import exercises
+
+    table = GUIDE[GUIDE.index("### Common wrong answers"):GUIDE.index("## Expected answers")]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| \d\d \| ([^|]+) \|", table, re.M)}
+    assert set(rows) == set(exercises.EXERCISES)
+    for name, ex in exercises.EXERCISES.items():
+        assert [w.strip() for w in rows[name].split(";")] == list(ex.wrong), name
+
+
+def test_guide_clones_the_repository_named_in_pyproject():
+    import tomllib
+
+    url = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    clones = re.findall(r"git clone (\S+)", GUIDE)
+    assert clones and set(clones) == {url}
+
+
+def test_ninety_minutes_make_room_for_setup_and_discussion():
+    ninety = GUIDE[GUIDE.index("### 90 minutes"):GUIDE.index("### Half day")]
+    rows = re.findall(r"^\| (\d+)–(\d+) \| ([^|]+)\|", ninety, re.M)
+    minutes = {kind: sum(int(b) - int(a) for a, b, what in rows if what.startswith(kind)) for kind in ("Setup",
+                                                                                                       "Discussion")}
+    assert minutes["Setup"] >= 10 and minutes["Discussion"] >= 15, minutes
