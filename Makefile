@@ -2,6 +2,8 @@
 #   make tutorial   create .venv, then execute every notebook (executed copies land in outputs/)
 #   make test       create .venv, then run ruff and the test suite (unit tests + every notebook + the book)
 #   make book       render the executed notebooks, the guide and the glossary as a static site (build/book)
+#   make slides     the executed notebooks as reveal.js decks for the room (build/slides; SLIDES_LIBS=node_modules
+#                   for a room without internet, see docs/build_slides.py)
 # Data: the offline mirror in $EP_DATA_DIR when it names a folder (default: ../shared/data, if it exists);
 # otherwise every loader streams its upstream source.
 
@@ -15,7 +17,7 @@ export EP_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: tutorial test book lab lock clean
+.PHONY: tutorial test book slides lab lock clean
 
 # the exact tested set (requirements-lock.txt), then this package on top of it without touching it
 $(BIN)/.installed: pyproject.toml requirements-lock.txt
@@ -46,6 +48,10 @@ test: $(BIN)/.installed
 book: $(BIN)/.installed
 	@test -n "$$(ls $(OUT)/[0-9][0-9]_*.ipynb 2>/dev/null)" || $(MAKE) tutorial
 	$(BIN)/python docs/build_book.py $(OUT) build/book
+
+slides: $(BIN)/.installed
+	@test -n "$$(ls $(OUT)/[0-9][0-9]_*.ipynb 2>/dev/null)" || $(MAKE) tutorial
+	$(BIN)/python docs/build_slides.py $(OUT) build/slides $(if $(SLIDES_LIBS),--libs $(SLIDES_LIBS))
 
 lab: $(BIN)/.installed
 	$(BIN)/jupyter lab notebooks/
