@@ -20,10 +20,11 @@ two threads busy with fp32 matrix products (a notebook running beside the build)
 Results: results/official.{json,md} (official_quick.* for --quick), with the commit, the command line, the machine,
 `uptime` loads and this process's bf16 and fp32 GEMM rates (the builder screens in bf16 where it is native, else fp32).
 
---no-bf16 restarts the script with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 (oneDNN and ATen then use no
-AVX-512 and no bf16 instructions: a bf16 GEMM runs emulated, several times slower than fp32, as on most laptops and
-Colab) and EP_NATIVE_BF16=0 (the builder's hardware check reads /proc/cpuinfo, which still lists avx512_bf16). The
-official code uses numpy (OpenBLAS), which these variables do not touch.
+--no-bf16 restarts the script with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+(oneDNN, ATen and MKL then use no AVX-512 and no bf16 instructions, as on most laptops and Colab; a bf16 GEMM then
+runs on a reference path, far slower than on a real AVX2 CPU, which the builder no longer uses) and EP_NATIVE_BF16=0
+(the builder's hardware check reads /proc/cpuinfo, which still lists avx512_bf16); the official worker gets
+OPENBLAS_CORETYPE=Haswell, so numpy's OpenBLAS runs its AVX2 kernels too.
 """
 
 import argparse
@@ -94,7 +95,9 @@ def start_worker(python: str, src: str, env: dict | None = None) -> subprocess.P
                             env={**os.environ, **(env or {})})
 
 
-NO_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "EP_NATIVE_BF16": "0"}
+NO_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+           "EP_NATIVE_BF16": "0"}
+OFFICIAL_NO_AVX512 = {"OPENBLAS_CORETYPE": "Haswell"}  # numpy's OpenBLAS: AVX2 kernels, as on such a CPU
 
 
 def gemm_rates(m: int = 1024, k: int = 2304, n: int = 2048) -> dict:
@@ -214,7 +217,7 @@ def main() -> None:
     regimes = {"few": 0.05, "mid": 0.4, "all": 1.0}
 
     tmp = Path(tempfile.mkdtemp())
-    worker = start_worker(args.official_python, args.official_src)
+    worker = start_worker(args.official_python, args.official_src, OFFICIAL_NO_AVX512 if args.no_bf16 else None)
     rows, start = [], {"loads": loads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for cond in ["quiet"] + ([] if args.no_load else ["loaded"]):
         load = competitor(2) if cond == "loaded" else None
