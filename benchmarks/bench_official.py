@@ -3,6 +3,7 @@ The builder against the official implementation ITSELF, interleaved in one run, 
 
     python benchmarks/bench_official.py              # synthetic shapes + Gemma 3 270M layer 9, quiet and loaded
     python benchmarks/bench_official.py --quick      # one small shape, one pass
+    python benchmarks/bench_official.py --no-bf16    # as on a CPU without native bf16 (results/official_nobf16.*)
 
 The official code (github.com/jessicarumbelow/exemplar-partitioning, `ep.discovery.dictionary.Dictionary`) runs
 unmodified in its own virtual environment, in a worker process this script talks to over a pipe:
@@ -16,7 +17,14 @@ official: `Dictionary.add_batch`: counts, running means, prompt heaps, reservoir
 batch ("first call", in a fresh builder) and the whole stream, each the best of `--reps`, the two sides alternating.
 The exemplar sets (row indices) are compared. "Loaded" repeats everything while a competing process keeps
 two threads busy with fp32 matrix products (a notebook running beside the build).
-Results: results/official.{json,md} (official_quick.* for --quick), with the machine and `uptime` loads.
+Results: results/official.{json,md} (official_quick.* for --quick), with the commit, the command line, the machine,
+`uptime` loads and this process's bf16 and fp32 GEMM rates (the builder screens in bf16 where it is native, else fp32).
+
+--no-bf16 restarts the script with ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 MKL_ENABLE_INSTRUCTIONS=AVX2
+(oneDNN, ATen and MKL then use no AVX-512 and no bf16 instructions, as on most laptops and Colab; a bf16 GEMM then
+runs on a reference path, far slower than on a real AVX2 CPU, which the builder no longer uses) and EP_NATIVE_BF16=0
+(the builder's hardware check reads /proc/cpuinfo, which still lists avx512_bf16); the official worker gets
+OPENBLAS_CORETYPE=Haswell, so numpy's OpenBLAS runs its AVX2 kernels too.
 """
 
 import argparse
@@ -34,6 +42,7 @@ import torch
 import ep
 from ep.method.builder import DictionaryBuilder
 from ep.method.calibration import Calibration, spherical_centre, to_directions
+from ep.method.device import screen_dtype
 from ep.method.leader import fair_threads
 from ep.show.notebook import machine
 
@@ -84,6 +93,39 @@ def start_worker(python: str, src: str, env: dict | None = None) -> subprocess.P
     """The official code in its own interpreter, answering `official()` jobs (env: extra variables)."""
     return subprocess.Popen([python, "-c", WORKER, src], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env={**os.environ, **(env or {})})
+
+
+NO_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "MKL_ENABLE_INSTRUCTIONS": "AVX2",
+           "EP_NATIVE_BF16": "0"}
+OFFICIAL_NO_AVX512 = {"OPENBLAS_CORETYPE": "Haswell"}  # numpy's OpenBLAS: AVX2 kernels, as on such a CPU
+
+
+def gemm_rates(m: int = 1024, k: int = 2304, n: int = 2048) -> dict:
+    """GFLOP/s of an [m, k] @ [k, n] product in fp32 and bf16 on this process's threads (best of 2; small: an
+    emulated bf16 GEMM may run at a few GFLOP/s)."""
+    a, b, out = torch.randn(m, k), torch.randn(k, n), {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        x, y = a.to(dtype), b.to(dtype)
+        x @ y
+        best = float("inf")
+        for _ in range(2):
+            t = time.perf_counter()
+            x @ y
+            best = min(best, time.perf_counter() - t)
+        out[name] = round(2 * m * k * n / best / 1e9, 1)
+    return out
+
+
+def run_info() -> dict:
+    """The commit, the command line and the environment that decides the screen: what a result file must say."""
+    commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    dirty = subprocess.run(["git", "-C", str(HERE), "status", "--porcelain", "--", "../ep"], capture_output=True,
+                           text=True).stdout
+    return {"commit": commit.strip() + (" (ep/ modified)" if dirty.strip() else ""),
+            "command": " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name] + sys.argv[1:]),
+            "env": {k: os.environ[k] for k in NO_BF16 if k in os.environ},
+            "screen": str(screen_dtype(torch.device("cpu"))).removeprefix("torch."),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gemm_gflops": gemm_rates()}
 
 
 def loads() -> str:
@@ -159,7 +201,12 @@ def main() -> None:
     ap.add_argument("--no-real", action="store_true")
     ap.add_argument("--no-load", action="store_true")
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the synthetic row counts (busy machine)")
+    ap.add_argument("--no-bf16", action="store_true", help="run as on a CPU without native bf16 (see the docstring)")
     args = ap.parse_args()
+    if args.no_bf16 and any(os.environ.get(k) != v for k, v in NO_BF16.items()):  # torch reads them at start-up
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **NO_BF16})
+    info = run_info()
+    print(json.dumps(info), flush=True)
 
     shapes = [("synthetic 10k x 640", clustered(10_000, 640, 400))] if args.quick else [
         (f"synthetic {int(50 * args.scale)}k x 640", clustered(int(50_000 * args.scale), 640, 2000)),
@@ -170,7 +217,7 @@ def main() -> None:
     regimes = {"few": 0.05, "mid": 0.4, "all": 1.0}
 
     tmp = Path(tempfile.mkdtemp())
-    worker = start_worker(args.official_python, args.official_src)
+    worker = start_worker(args.official_python, args.official_src, OFFICIAL_NO_AVX512 if args.no_bf16 else None)
     rows, start = [], {"loads": loads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
     for cond in ["quiet"] + ([] if args.no_load else ["loaded"]):
         load = competitor(2) if cond == "loaded" else None
@@ -212,15 +259,19 @@ def main() -> None:
                 load.wait()
     worker.stdin.close()
     worker.wait()
-    res = {"start": start, "end": {"loads": loads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
+    res = {"start": start, "end": {"loads": loads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, **info,
            "machine": machine(), "torch_threads": torch.get_num_threads(), "batch": args.batch, "rows": rows}
-    name = "official_quick" if args.quick else "official"
+    name = ("official_quick" if args.quick else "official") + ("_nobf16" if args.no_bf16 else "")
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / f"{name}.json").write_text(json.dumps(res, indent=2) + "\n")
     m = res["machine"]
     lines = [f"# The builder vs the official `Dictionary.add_batch` (batch {args.batch}, best of {args.reps})", "",
-             f"`python benchmarks/bench_official.py {' '.join(sys.argv[1:])}`. "
-             f"{m['cpu']}, torch {m['torch']}, {res['torch_threads']} torch threads at most (ours takes "
+             f"`{info['command']}` at commit {info['commit']}"
+             + (f" with {' '.join(f'{k}={v}' for k, v in info['env'].items())}" if info["env"] else "") + ". "
+             f"{m['cpu']}, torch {m['torch']}, ATen CPU capability {info['cpu_capability']}; GEMM rates in this "
+             f"process: fp32 {info['gemm_gflops']['fp32']} GFLOP/s, bf16 {info['gemm_gflops']['bf16']} GFLOP/s; "
+             f"the builder screens in **{info['screen']}**. "
+             f"{res['torch_threads']} torch threads at most (ours takes "
              "`fair_threads()` per batch: the cores other runnable tasks leave free; `threads` below is its value "
              "when our last run of the row started; the official's OpenBLAS always runs 2); started "
              f"{start['time']} (load {start['loads']}), ended {res['end']['time']} (load {res['end']['loads']}). "

@@ -16,6 +16,7 @@ ARM = "processor\t: 0\nFeatures\t: fp asimd bf16\n"
 @pytest.fixture(autouse=True)
 def no_override(monkeypatch):
     monkeypatch.delenv(D.DTYPE_ENV, raising=False)
+    monkeypatch.delenv(D.NATIVE_BF16_ENV, raising=False)
 
 
 def test_cpu_by_flags():
@@ -68,3 +69,23 @@ def test_warm_vml_calls_each_op_in_both_float_types(monkeypatch):
         monkeypatch.setattr(torch, name, lambda t, name=name: seen.append((name, t.dtype, t.numel())))
     D.warm_vml()
     assert seen == [(n, d, 1) for d in (torch.float32, torch.float64) for n in D.VML_OPS]
+
+
+def test_screen_follows_the_hardware_not_the_model_dtype(monkeypatch):
+    cpu = torch.device("cpu")
+    assert D.screen_dtype(cpu, AVX512_BF16) == torch.bfloat16
+    assert D.screen_dtype(cpu, PLAIN) == torch.float32
+    monkeypatch.setenv(D.DTYPE_ENV, "bfloat16")  # a model dtype: the screen's result is exact either way
+    assert D.screen_dtype(cpu, PLAIN) == torch.float32
+
+
+def test_native_bf16_override(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(D.NATIVE_BF16_ENV, "0")  # a bf16 machine emulating one without (benchmarks)
+    assert not D.native_bf16(cpu, AVX512_BF16)
+    assert D.screen_dtype(cpu, AVX512_BF16) == D.default_dtype(cpu, AVX512_BF16) == torch.float32
+    monkeypatch.setenv(D.NATIVE_BF16_ENV, "1")
+    assert D.screen_dtype(cpu, PLAIN) == D.default_dtype(cpu, PLAIN) == torch.bfloat16
+    monkeypatch.setenv(D.NATIVE_BF16_ENV, "yes")
+    with pytest.raises(ValueError, match="0 or 1"):
+        D.native_bf16(cpu)

@@ -1,4 +1,5 @@
-"""Leader clustering: exact equality with the one-row-at-a-time definition, for every batch size."""
+"""Leader clustering: exact equality with the one-row-at-a-time definition, for every batch size and both screens
+(bf16 where the hardware has it, fp32 elsewhere: each test forces the screen, so both run on every machine)."""
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from ep.method.leader import (
     _argmax_exact,
     _at_least,
     _blockmax,
+    _ieee_fp32,
     _leaders,
     _margin,
     _pair_dot64,
@@ -50,6 +52,7 @@ def near_threshold(theta: float, d: int = 256, bases: int = 24, per_base: int = 
     return torch.cat([b, followers]).float()
 
 
+SCREENS = [torch.bfloat16, torch.float32]
 REGIMES = [0.9, 0.6, 0.3, 0.1, 0.01]  # from "few regions" to "every row an exemplar"
 X = clustered(500, 48, 12)
 REF = {theta: leader_cluster_reference(X, theta) for theta in REGIMES}
@@ -60,10 +63,11 @@ def test_regimes_cover_few_to_all():
     assert counts[0] < 50 and counts[-1] == X.shape[0] and counts == sorted(counts)
 
 
+@pytest.mark.parametrize("screen", SCREENS)
 @pytest.mark.parametrize("theta", REGIMES)
 @pytest.mark.parametrize("batch_size", [1, 7, 64, 4096, 500])
-def test_matches_reference(theta, batch_size):
-    np.testing.assert_array_equal(leader_cluster(X, theta, batch_size=batch_size), REF[theta])
+def test_matches_reference(theta, batch_size, screen):
+    np.testing.assert_array_equal(leader_cluster(X, theta, batch_size=batch_size, screen=screen), REF[theta])
 
 
 @pytest.mark.parametrize("theta", [0.6, 0.1])
@@ -73,25 +77,29 @@ def test_numpy_input_and_int64(theta):
     np.testing.assert_array_equal(got, REF[theta])
 
 
+@pytest.mark.parametrize("screen", SCREENS)
 @pytest.mark.parametrize("theta", [0.15, 0.4])
-def test_matches_reference_d640(theta):
+def test_matches_reference_d640(theta, screen):
     x = clustered(1200, 640, 30, seed=3)
     ref = leader_cluster_reference(x, theta)
     assert 30 < len(ref) < 1200
     for bs in (100, 4096):
-        np.testing.assert_array_equal(leader_cluster(x, theta, batch_size=bs), ref)
+        np.testing.assert_array_equal(leader_cluster(x, theta, batch_size=bs, screen=screen), ref)
 
 
+@pytest.mark.parametrize("screen", SCREENS)
 @pytest.mark.parametrize("theta", [0.3, 0.75])
 @pytest.mark.parametrize("batch_size", [1, 16, 4096])
-def test_near_threshold_needs_exact_check(theta, batch_size):
+def test_near_threshold_needs_exact_check(theta, batch_size, screen):
     x = near_threshold(theta)
     tau = 1.0 - theta
     gaps = (x[24:].double() @ x[:24].double().T - tau).abs().min(dim=1).values
-    assert gaps.max() < 1.1e-3 and gaps.min() < 1e-6  # every follower is within reach of the bf16 error
+    assert gaps.max() < 1.1e-3  # every follower is within reach of the bf16 error
+    m32 = float(_margin(torch.zeros(1), 0.0, 1.0 + 1e-6, x.shape[1], tau, 0.0))  # the fp32 screen's margin
+    assert (gaps < m32).sum() > 20  # and many within reach of the fp32 screen's
     ref = leader_cluster_reference(x, theta)
     assert 24 + 50 < len(ref) < x.shape[0] - 50  # many land on each side of the threshold
-    np.testing.assert_array_equal(leader_cluster(x, theta, batch_size=batch_size), ref)
+    np.testing.assert_array_equal(leader_cluster(x, theta, batch_size=batch_size, screen=screen), ref)
 
 
 def arrival_reference(x: torch.Tensor, theta: float, batch_size: int):  # batch_size: no effect, by design
@@ -110,12 +118,13 @@ def arrival_reference(x: torch.Tensor, theta: float, batch_size: int):  # batch_
     return out
 
 
+@pytest.mark.parametrize("screen", SCREENS)
 @pytest.mark.parametrize("data", ["clustered", "near_threshold"])
 @pytest.mark.parametrize("batch_size", [1, 5, 64, 1000])
-def test_add_nearest_and_similarity(data, batch_size):
+def test_add_nearest_and_similarity(data, batch_size, screen):
     theta = 0.3
     x = X[:400] if data == "clustered" else near_threshold(theta)
-    lc = LeaderClustering(x.shape[1], theta, device="cpu")
+    lc = LeaderClustering(x.shape[1], theta, device="cpu", screen=screen)
     got = []
     for s in range(0, x.shape[0], batch_size):
         k = lc.num_exemplars
@@ -129,13 +138,69 @@ def test_add_nearest_and_similarity(data, batch_size):
     np.testing.assert_array_equal(ex, leader_cluster_reference(x, theta))
 
 
-def test_streaming_batches_of_any_size_agree():
-    lc = LeaderClustering(X.shape[1], 0.3, device="cpu")
+@pytest.mark.parametrize("screen", SCREENS)
+def test_streaming_batches_of_any_size_agree(screen):
+    lc = LeaderClustering(X.shape[1], 0.3, device="cpu", screen=screen)
     sizes, s, new = [1, 300, 2, 0, 397], 0, []
     for b in sizes:
         new += (lc.add(X[s : s + b])[0].nonzero()[:, 0] + s).tolist()
         s += b
     assert new == REF[0.3].tolist()
+
+
+@pytest.mark.parametrize("before, after", [(a, b) for a in SCREENS for b in SCREENS])
+def test_restore_continues_exactly_in_either_screen(before, after):
+    """A checkpoint's state() restored into a fresh clusterer, of the same or the other screen, decides the rest
+    of the stream exactly as one uninterrupted run (the reference); near-ties included."""
+    theta = 0.3
+    x = near_threshold(theta)
+    want = arrival_reference(x, theta, 0)
+    lc = LeaderClustering(x.shape[1], theta, device="cpu", screen=before)
+    got = list(zip(*(t.tolist() for t in lc.add(x[:100]))))
+    exemplars, eps, norm = lc.state()
+    again = LeaderClustering(x.shape[1], theta, device="cpu", screen=after)
+    again.restore(exemplars, eps, norm)
+    assert again.num_exemplars == lc.num_exemplars and again._eps >= eps and again._norm >= norm
+    if after == torch.bfloat16:
+        assert again._eps > 0  # its own rounding counts even when the checkpoint came from the fp32 screen
+    got += list(zip(*(t.tolist() for t in again.add(x[100:]))))
+    assert got == want
+
+
+def test_fp32_screen_gemm_runs_in_ieee_fp32(monkeypatch):
+    """Whatever the caller set (TF32 on CUDA, bf16 inside oneDNN fp32 GEMMs), the screen's GEMMs run in true
+    fp32, and the caller's setting is back afterwards."""
+    cuda, mkldnn = torch.backends.cuda.matmul, torch.backends.mkldnn
+    new_api = hasattr(cuda, "fp32_precision")
+    seen, mm = [], torch.mm
+
+    def spy(*args, **kwargs):
+        if new_api:
+            seen.append((cuda.fp32_precision, mkldnn.matmul.fp32_precision,
+                         cuda.allow_bf16_reduced_precision_reduction))
+        else:
+            seen.append((cuda.allow_tf32, torch.get_float32_matmul_precision(),
+                         cuda.allow_bf16_reduced_precision_reduction))
+        return mm(*args, **kwargs)
+
+    if new_api:
+        old = cuda.fp32_precision, mkldnn.matmul.fp32_precision
+        cuda.fp32_precision, mkldnn.matmul.fp32_precision = "tf32", "bf16"
+    else:
+        old = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("medium")
+    monkeypatch.setattr(torch, "mm", spy)
+    try:
+        got = leader_cluster(X, 0.3, batch_size=64, screen=torch.float32)
+        after = (cuda.fp32_precision, mkldnn.matmul.fp32_precision) if new_api else torch.get_float32_matmul_precision()
+    finally:
+        if new_api:
+            cuda.fp32_precision, mkldnn.matmul.fp32_precision = old
+        else:
+            torch.set_float32_matmul_precision(old)
+    np.testing.assert_array_equal(got, REF[0.3])
+    assert seen and set(seen) == ({("ieee", "ieee", False)} if new_api else {(False, "highest", False)})
+    assert after == (("tf32", "bf16") if new_api else "medium")
 
 
 def test_rounds_equal_sequential_rule():
@@ -176,10 +241,26 @@ def test_bf16_margin_bound(d):
     gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
     e = (eps_x[:, None] + eps_y[None, :]) * norm + gamma * norm**2  # the proven bound, no safety factor
     assert (err <= e + U_BF16 * (s.abs() + e)).all()
-    m = _margin(eps_x, eps_y.max().item(), norm, d, 1.0)  # what the filter uses at level 1
+    m = _margin(eps_x, eps_y.max().item(), norm, d, 1.0, U_BF16)  # what the filter uses at level 1
     assert (err.amax(dim=1) < m).all()
     print(f"d={d}: max error {err.max():.2e}, margin at cos 1 {m.max():.2e}, at cos 0.5 "
-          f"{_margin(eps_x, eps_y.max().item(), norm, d, 0.5).max():.2e}")
+          f"{_margin(eps_x, eps_y.max().item(), norm, d, 0.5, U_BF16).max():.2e}")
+
+
+@pytest.mark.parametrize("d", [64, 640, 2304])
+def test_fp32_margin_bound(d):
+    """The fp32 screen: no input rounding, no output rounding; the GEMM's own error is within gamma_d R^2."""
+    g = torch.Generator().manual_seed(d)
+    x = torch.nn.functional.normalize(torch.randn(256, d, generator=g), dim=1) * 1.5  # not unit
+    y = torch.cat([x[:64], torch.nn.functional.normalize(torch.randn(1024, d, generator=g), dim=1)])
+    with _ieee_fp32():
+        got = torch.mm(x, y.T)
+    err = (got.double() - x.double() @ y.double().T).abs()
+    norm = float(x.double().norm(dim=1).max()) * (1 + 1e-6)
+    m = _margin(torch.zeros(256, dtype=torch.float64), 0.0, norm, d, norm * norm, 0.0)
+    assert (err.amax(dim=1) <= m / SAFETY).all()
+    assert err.max() > m.max() / 1e4  # the bound is not vacuous: the GEMM really rounds
+    assert m.max() < U_BF16 / 10  # and far tighter than the bf16 screen's
 
 
 def test_bf16_gemm_rounds_to_nearest():
@@ -199,7 +280,7 @@ def test_bf16_margin_bound_worst_case_rounding():
     norm = float(x.double().norm())
     err = float((bf16_scores(x, x).double() - x.double() @ x.double().T).abs())
     assert err > 1.9 * U_BF16  # the input rounding really is ~2u here
-    assert err < float(_margin(eps, eps.item(), norm, d, norm * norm)) / SAFETY * 1.0001
+    assert err < float(_margin(eps, eps.item(), norm, d, norm * norm, U_BF16)) / SAFETY * 1.0001
 
 
 def test_scaled_rows_still_exact():
@@ -247,17 +328,20 @@ def test_cuda_matches_cpu():
         np.testing.assert_array_equal(leader_cluster(x.cuda(), theta), leader_cluster_reference(x, theta))
 
 
+@pytest.mark.parametrize("dtype", SCREENS)
 @pytest.mark.parametrize("sparse", [True, False])
-def test_block_scan_equals_full_scan(sparse):
+def test_block_scan_equals_full_scan(sparse, dtype):
     """_blockmax / _at_least against a plain comparison of every score: positive, negative and skipped bounds."""
     g = torch.Generator().manual_seed(3)
-    s = (torch.randn(200, 8 * GROUP, generator=g) * 0.3).bfloat16()  # [200, 128], both signs
-    s[5] = -torch.rand(8 * GROUP, generator=g).bfloat16() - 0.1  # an all-negative row
+    s = (torch.randn(200, 8 * GROUP, generator=g) * 0.3).to(dtype)  # [200, 128], both signs
+    s[5] = -torch.rand(8 * GROUP, generator=g).to(dtype) - 0.1  # an all-negative row
     _, top = _blockmax(s)
     assert torch.equal(top, s.double().amax(dim=1))
     bound = (top - (0.05 if sparse else 2.0)).clamp_min(0.01)  # sparse: near the max; dense: almost all positives
     bound[:10] = torch.linspace(-0.5, -0.01, 10, dtype=torch.float64)  # non-positive bounds: the float path
     bound[10:15] = torch.inf  # skipped rows
+    bound[20:25] = top[20:25]  # a bound equal to a score: that score counts
+    bound[25:30] = top[25:30] + 1e-12  # just above: it does not
     r, c, v = _at_least(s, _blockmax(s)[0], bound)
     want = (s.double() >= bound[:, None]).nonzero()
     got = torch.stack([r, c], 1)

@@ -5,6 +5,13 @@ avx512_bf16 or AMX (about twice the fp32 forward rate there); fp32 elsewhere. A 
 gets fp32; fp16 is never chosen, because Gemma's activations overflow it. ``EP_DTYPE`` (float32 or bfloat16) or
 the ``dtype=`` argument of ``ep.load_model`` overrides the choice.
 
+The same decision picks the dtype of the dictionary builder's screening GEMM (`screen_dtype`): without native
+bf16 a bf16 GEMM is emulated and runs ~8x slower than fp32 (21 against 163 GFLOP/s on a 2-core AVX2 EPYC), with it
+~2x faster. The screen's result is exact either way, so ``EP_DTYPE`` (a choice of model precision) leaves it alone.
+``EP_NATIVE_BF16=0`` (or 1) overrides the detection itself, for both: it makes a bf16 machine behave like one
+without, e.g. with ``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``, which keep oneDNN and ATen off the
+bf16 instructions but leave /proc/cpuinfo unchanged (benchmarks/bench_official.py --no-bf16 sets all three).
+
     >>> default_dtype(torch.device("cpu"))  # on a CPU without bf16 instructions
     torch.float32
 """
@@ -17,6 +24,7 @@ from pathlib import Path
 import torch
 
 DTYPE_ENV = "EP_DTYPE"
+NATIVE_BF16_ENV = "EP_NATIVE_BF16"
 _NAMES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
@@ -36,7 +44,12 @@ def cpu_flags(cpuinfo: str | None = None) -> set[str]:
 
 
 def native_bf16(device: torch.device, cpuinfo: str | None = None) -> bool:
-    """Does ``device`` multiply in bf16 natively?"""
+    """Does ``device`` multiply in bf16 natively? ``$EP_NATIVE_BF16`` (0 / 1) overrides the detection."""
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if forced:
+        if forced not in ("0", "1"):
+            raise ValueError(f"{NATIVE_BF16_ENV}={forced!r}: use 0 or 1")
+        return forced == "1"
     if device.type == "cuda":
         return torch.cuda.get_device_capability(device) >= (8, 0)
     if device.type == "cpu":
@@ -51,6 +64,11 @@ def default_dtype(device: torch.device, cpuinfo: str | None = None) -> torch.dty
         if name not in _NAMES:
             raise ValueError(f"{DTYPE_ENV}={name!r}: use float32 or bfloat16 (fp16 is not supported: Gemma overflows)")
         return _NAMES[name]
+    return torch.bfloat16 if native_bf16(device, cpuinfo) else torch.float32
+
+
+def screen_dtype(device: torch.device, cpuinfo: str | None = None) -> torch.dtype:
+    """The dtype of the leader clustering's screening GEMM: bf16 where native, else fp32 (not ``$EP_DTYPE``'s)."""
     return torch.bfloat16 if native_bf16(device, cpuinfo) else torch.float32
 
 

@@ -1,5 +1,5 @@
 """
-Leader clustering of unit vectors: exact, and fast thanks to a bf16 filter.
+Leader clustering of unit vectors: exact, and fast thanks to a low-precision filter (bf16 or fp32).
 
 Rows arrive in order; row i becomes an *exemplar* iff its cosine distance 1 - cos to every earlier
 exemplar is > threshold, i.e. cos < tau = 1 - threshold for all of them: the one-pass "region" step
@@ -10,14 +10,18 @@ Exactness: cos >= tau is decided on `dot64`, float64 products of the fp32 entrie
 a fixed order, independent of BLAS blocking, batch size and device; `leader_cluster_reference`
 decides on the same numbers. Results are identical for every batch size.
 
-Speed: scores come from a bf16 GEMM (several times the fp32 rate with AMX / avx512_bf16) with a
-proven error bound m (`_margin`): a score > tau + m is surely a match, < tau - m surely not; only the
-few pairs in between, and each row's candidates for its nearest exemplar, are recomputed in float64
+Speed: scores come from a GEMM in the *screen* dtype with a proven error bound m (`_margin`): a score
+> tau + m is surely a match, < tau - m surely not; only the few pairs in between, and each row's
+candidates for its nearest exemplar, are recomputed in float64
 (`_settled`: any summation order is within `_tol` of dot64, and dot64 itself is used only where that
 leaves the decision, the fp32 rounding of the similarity or the argmax open). The candidates are
 found from maxima over blocks of 16 columns (`_blockmax`, `_at_least`), not by scanning every score
 twice. Which of a batch's unmatched rows become exemplars is settled in rounds of tensor ops on the
 sparse "within threshold" graph (`_leaders`), not row by row.
+
+The screen follows the hardware (`ep.method.device.screen_dtype`): bf16 where it is native (AMX /
+avx512_bf16, Ampere+; several times the fp32 rate there), fp32 elsewhere (where a bf16 GEMM is emulated
+and runs ~8x slower than fp32). Both give the same exemplars; only the margin m differs.
 """
 
 import contextlib
@@ -26,11 +30,13 @@ import os
 import numpy as np
 import torch
 
-from .device import default_device
+from .device import default_device, screen_dtype
 
 U_BF16 = 2.0**-8  # unit roundoff of bf16 (8 significant bits)
+SCREENS = (torch.bfloat16, torch.float32)
+BITS = {torch.bfloat16: torch.int16, torch.float32: torch.int32}  # ints whose bit views sort like floats >= 0
 SAFETY = 1.25  # factor on the proven input + accumulation error
-CHUNK = 1 << 22  # bf16 scores per GEMM block (8 MB: fresh pages cost a fault each)
+CHUNK = 1 << 22  # scores per GEMM block (8 or 16 MB: fresh pages cost a fault each)
 ROW_BLOCK = 512  # rows per block of the within-batch GEMM
 GROUP = 16  # columns per block of the candidate scan (`_blockmax`)
 SUB_BATCH = 512  # smallest sub-batch of add() while the exemplars are fewer
@@ -136,36 +142,68 @@ def _argmax_exact(row, col, f, exact, n: int, tol: float, redo) -> tuple[torch.T
     return best, torch.full((n,), n << 40, device=f.device).scatter_reduce(0, row[top], col[top], "amin")
 
 
-def _bf16_and_norms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """bf16(x) [B, d], ||x - bf16(x)|| [B] (the difference is exact in fp32) and ||x|| [B], fp32.
+def _screen_rows(x: torch.Tensor, screen: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """x [B, d] fp32 in the screen dtype -> xs [B, d], eps [B] >= ||x - xs||, rnorm [B] >= ||x||, ||xs||, float64.
 
-    A slice of rows at a time: the difference then lives in cache, not in a fresh [B, d] block (at
-    d = 2304 the whole-batch version spent more time faulting that block's pages in than computing)."""
+    fp32: xs is x itself, eps 0. bf16: the difference is exact in fp32; a slice of rows at a time, so it lives
+    in cache, not in a fresh [B, d] block (at d = 2304 the whole-batch version spent more time faulting that
+    block's pages in than computing). The fp32 norms are rounded: `grow` covers that."""
     B, d = x.shape
-    xb = torch.empty(B, d, dtype=torch.bfloat16, device=x.device)
-    eps, norm = x.new_empty(B), x.new_empty(B)
+    eps, norm = torch.zeros(B, device=x.device), x.new_empty(B)
+    xs = x if screen == torch.float32 else torch.empty(B, d, dtype=screen, device=x.device)
     step = max(1, (1 << 16) // d)
     for s in range(0, B, step):
-        rows, rows16 = x[s : s + step], xb[s : s + step]
-        rows16.copy_(rows)
-        torch.linalg.vector_norm(rows16.float().sub_(rows), dim=1, out=eps[s : s + step])
+        rows = x[s : s + step]
+        if xs is not x:
+            torch.linalg.vector_norm(xs[s : s + step].copy_(rows).float().sub_(rows), dim=1, out=eps[s : s + step])
         torch.linalg.vector_norm(rows, dim=1, out=norm[s : s + step])
-    return xb, eps, norm
+    grow = 1 + d * 2.0**-22
+    eps = eps.double() * grow
+    return xs, eps, norm.double() * grow + eps  # triangle inequality: ||xs|| <= ||x|| + eps
 
 
-def _margin(eps: torch.Tensor, eps_other: float, norm: float, d: int, level: float) -> torch.Tensor:
-    """Bound on |bf16 GEMM score - x.y| for scores near `level`; eps [B] = ||x - bf16(x)|| per row.
+def _margin(eps: torch.Tensor, eps_other: float, norm: float, d: int, level: float, u: float) -> torch.Tensor:
+    """Bound on |screen score - x.y| for scores near `level`; eps [B] = ||x - x'|| per row, x' = x in the
+    screen dtype; u the unit roundoff of the score (U_BF16 for bf16 scores, 0 for fp32: no step 3).
 
     (1) inputs: x.y - x'.y' = (x - x').y + x'.(y - y'), so by Cauchy-Schwarz the error is at most
-        eps_x R + R eps_y, R >= every ||x||, ||x'||. Measured per row eps ~ 0.45 u ||x|| (worst case u ||x||).
-    (2) bf16 x bf16 products are exact in fp32; an fp32 sum of d of them, in any order, is off by at most
-        gamma_d sum |x'_i y'_i| <= gamma_d R^2, gamma_d = d 2^-24 / (1 - d 2^-24). Call (1) + (2) e.
-    (3) rounding the fp32 result to bf16 is monotone with relative error <= u = 2^-8: if x.y < tau
-        then the fp32 result is < tau + e and the score <= (tau + e)(1 + u); likewise from below.
-    So m = SAFETY e + u (|level| + SAFETY e); unit rows at d = 640: m ~ (1.2 + |tau|) u, not 3u.
+        eps_x R + R eps_y, R >= every ||x||, ||x'||. bf16: measured per row eps ~ 0.45 u ||x|| (worst case
+        u ||x||); fp32: x' = x, eps = 0.
+    (2) an fp32 dot product of d terms, with products rounded to fp32 or not (bf16 x bf16 products are
+        exact in fp32; fp32 x fp32 ones are not, or fused into an FMA) and summed in any order, has each
+        term rounded at most d times, so it is off by at most gamma_d sum |x'_i y'_i| <= gamma_d R^2,
+        gamma_d = d 2^-24 / (1 - d 2^-24). This needs a true fp32 accumulator: `_ieee_fp32`. Call (1) + (2) e.
+    (3) bf16 scores: rounding the fp32 result to bf16 is monotone with relative error <= u = 2^-8: if x.y
+        < tau then the fp32 result is < tau + e and the score <= (tau + e)(1 + u); likewise from below.
+    So m = SAFETY e + u (|level| + SAFETY e); unit rows at d = 640: bf16 m ~ (1.2 + |tau|) u, not 3u;
+    fp32 m ~ 1.25 gamma_d (5e-5 at d = 640).
     """
     e = SAFETY * ((eps + eps_other) * norm + d * 2.0**-24 / (1 - d * 2.0**-24) * norm**2)
-    return e + U_BF16 * (abs(level) + e)
+    return e + u * (abs(level) + e)
+
+
+@contextlib.contextmanager
+def _ieee_fp32():
+    """fp32 matrix products in true fp32 for the block, as `_margin` (2) needs: torch's "high" / "medium"
+    float32 matmul precision lets CUDA use TF32 and oneDNN bf16 inside an fp32 GEMM, and CUDA may reduce
+    bf16 split-K partial sums in bf16. All of it is switched off here and restored after."""
+    cuda, mkldnn = torch.backends.cuda.matmul, getattr(torch.backends, "mkldnn", None)
+    reduced = cuda.allow_bf16_reduced_precision_reduction
+    cuda.allow_bf16_reduced_precision_reduction = False
+    if hasattr(cuda, "fp32_precision"):  # torch >= 2.9: per backend; the legacy getters refuse once it is used
+        old = cuda.fp32_precision, mkldnn.matmul.fp32_precision
+        cuda.fp32_precision = mkldnn.matmul.fp32_precision = "ieee"
+    else:  # older torch: one global setting (allow_tf32 follows it)
+        old = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        cuda.allow_bf16_reduced_precision_reduction = reduced
+        if hasattr(cuda, "fp32_precision"):
+            cuda.fp32_precision, mkldnn.matmul.fp32_precision = old
+        else:
+            torch.set_float32_matmul_precision(old)
 
 
 def _bucket(n: int) -> int:
@@ -179,42 +217,42 @@ def _bucket(n: int) -> int:
 
 
 def _blockmax(s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Maxima of bf16 scores s [n, w] (w % GROUP == 0) per block of GROUP columns and per row.
+    """Maxima of bf16 or fp32 scores s [n, w] (w % GROUP == 0) per block of GROUP columns and per row.
 
-    -> bm [n, w / GROUP] int16 (block j: columns j, j + w/GROUP, ...), top [n] float64 row maxima.
-    bf16 bit patterns of numbers >= +0 sort like int16, and int16 reductions are ~10x faster on CPU; a
-    block (row) whose int16 max is negative is all negative (its bm is then meaningless; its row max is
-    the int16 min, recomputed for those rows)."""
-    i16 = s.view(torch.int16)
-    bm = i16.view(s.shape[0], GROUP, s.shape[1] // GROUP).amax(dim=1)
+    -> bm [n, w / GROUP] int16 / int32 (block j: columns j, j + w/GROUP, ...), top [n] float64 row maxima.
+    Bit patterns of floats >= +0 sort like same-width ints, and int16 reductions are ~10x faster on CPU
+    than bf16 ones; a block (row) whose int max is negative is all negative (its bm is then meaningless;
+    its row max is the int min: the negative float nearest 0; recomputed for those rows)."""
+    bits = s.view(BITS[s.dtype])
+    bm = bits.view(s.shape[0], GROUP, s.shape[1] // GROUP).amax(dim=1)
     top = bm.amax(dim=1)
     neg = top < 0
     if bool(neg.any()):
-        top[neg] = i16[neg].amin(dim=1)
-    return bm, top.view(torch.bfloat16).double()
+        top[neg] = bits[neg].amin(dim=1)
+    return bm, top.view(s.dtype).double()
 
 
 def _at_least(s: torch.Tensor, bm: torch.Tensor, bound: torch.Tensor):
     """The entries of s [n, w] with s >= bound [n] (float64; +inf skips a row). -> rows, cols [h], values [h] f64
 
-    Scans only the blocks whose max reaches the bound (a bf16 number just below it, compared as int16,
+    Scans only the blocks whose max reaches the bound (a number of s.dtype just below it, compared as ints,
     valid for a positive bound); rows with a bound <= 0 are compared in full, as floats."""
     n, w = s.shape
-    below = (bound - bound.abs() * 2.0**-7 - 1e-30).to(torch.bfloat16)  # a bf16 number <= bound
+    below = (bound - bound.abs() * torch.finfo(s.dtype).eps - 1e-30).to(s.dtype)  # a number <= bound in s.dtype
     pos = below > 0
     r_all, c_all = [], []
     neg = (~pos & bound.isfinite()).nonzero()[:, 0]
     if neg.numel():
         r, c = (s[neg].float() >= below[neg, None].float()).nonzero(as_tuple=True)
         r_all.append(neg[r]), c_all.append(c)
-    b16 = torch.where(pos, below, torch.full_like(below, torch.inf)).view(torch.int16)  # +inf: nothing passes
-    r, j = (bm >= b16[:, None]).nonzero(as_tuple=True)  # blocks that may hold entries >= bound
+    cut = torch.where(pos, below, torch.full_like(below, torch.inf)).view(BITS[s.dtype])  # +inf: nothing passes
+    r, j = (bm >= cut[:, None]).nonzero(as_tuple=True)  # blocks that may hold entries >= bound
     wg = w // GROUP
     if r.numel() * 4 > bm.numel():  # dense: one pass over everything is cheaper than gathering blocks
-        r, c = (s.view(torch.int16) >= b16[:, None]).nonzero(as_tuple=True)
+        r, c = (s.view(cut.dtype) >= cut[:, None]).nonzero(as_tuple=True)
     else:
         cols = j[:, None] + torch.arange(0, w, wg, device=s.device)  # [h, GROUP]
-        p, t = (s.view(torch.int16)[r[:, None], cols] >= b16[r, None]).nonzero(as_tuple=True)
+        p, t = (s.view(cut.dtype)[r[:, None], cols] >= cut[r, None]).nonzero(as_tuple=True)
         r, c = r[p], cols[p, t]
     r_all.append(r), c_all.append(c)
     r, c = torch.cat(r_all), torch.cat(c_all)
@@ -317,19 +355,26 @@ def _as_rows(directions, dim: int | None = None) -> torch.Tensor:
 
 
 class LeaderClustering:
-    """Streaming leader clustering; the state is the exemplars only (fp32 + bf16 copies, O(K d))."""
+    """Streaming leader clustering; the state is the exemplars only (fp32, + a bf16 copy for a bf16 screen: O(K d)).
 
-    def __init__(self, dim: int, threshold: float, device: str | torch.device | None = None):
+    screen: the dtype of the filter's GEMM, bfloat16 or float32; None: `screen_dtype(device)`, the hardware's."""
+
+    def __init__(self, dim: int, threshold: float, device: str | torch.device | None = None,
+                 screen: torch.dtype | None = None):
         _check_threshold(threshold)
         self.dim, self.threshold, self.tau = int(dim), float(threshold), 1.0 - float(threshold)
         self.device = torch.device(device) if device is not None else default_device()
+        self.screen = screen or screen_dtype(self.device)
+        if self.screen not in SCREENS:
+            raise ValueError(f"screen must be torch.bfloat16 or torch.float32, got {self.screen}")
+        self._u = U_BF16 if self.screen == torch.bfloat16 else 0.0  # roundoff of a score (`_margin` step 3)
         self._e32 = torch.empty(0, self.dim, device=self.device)  # [cap, d], rows [:k] in use
-        self._e16 = torch.empty(0, self.dim, dtype=torch.bfloat16, device=self.device)  # [cap, d]
-        self._k, self._eps, self._norm = 0, 0.0, 0.0  # count, max ||e - bf16(e)||, max(||e||, ||bf16(e)||)
+        self._es = self._e32.to(self.screen)  # [cap, d] in the screen dtype (fp32: the same tensor)
+        self._k, self._eps, self._norm = 0, 0.0, 0.0  # count, max ||e - e_screen||, max(||e||, ||e_screen||)
         self._unmatched = 1.0  # fraction of the last sub-batch's rows that matched no earlier exemplar
-        self._buf = torch.empty(0, dtype=torch.bfloat16, device=self.device)  # GEMM output scratch
+        self._buf = torch.empty(0, dtype=self.screen, device=self.device)  # GEMM output scratch
         upper = torch.ones(ROW_BLOCK, ROW_BLOCK, dtype=torch.bool, device=self.device).triu()
-        self._tri = torch.zeros(upper.shape, device=self.device).masked_fill(upper, -torch.inf).bfloat16()
+        self._tri = torch.zeros(upper.shape, device=self.device).masked_fill(upper, -torch.inf).to(self.screen)
 
     @property
     def exemplars(self) -> torch.Tensor:
@@ -383,12 +428,10 @@ class LeaderClustering:
         sim = torch.ones(B, dtype=torch.float64, device=dev)
         if B == 0:
             return is_new, near, sim
-        xb, eps, rnorm = _bf16_and_norms(x)  # [B, d] bf16(x), [B] ||x - bf16(x)||, [B] ||x||
-        grow = 1 + d * 2.0**-22  # covers the rounding of the fp32 norms
-        eps = eps.double() * grow
-        rnorm = rnorm.double() * grow + eps  # [B] >= ||x||, ||bf16(x)|| (triangle inequality)
+        xb, eps, rnorm = _screen_rows(x, self.screen)  # [B, d] x in the screen dtype, [B] ||x - xb||, [B] norms
         norm, eps_o = max(self._norm, rnorm.max().item()), max(self._eps, eps.max().item())
-        m_tau, m_one = _margin(eps, eps_o, norm, d, tau), _margin(eps, eps_o, norm, d, norm * norm)  # [B]
+        m_tau = _margin(eps, eps_o, norm, d, tau, self._u)  # [B]
+        m_one = _margin(eps, eps_o, norm, d, norm * norm, self._u)  # [B]
         lo, hi, tol = tau - m_tau, tau + m_tau, _tol(d, norm)  # [B], [B], float
 
         # 1. against the exemplars of earlier batches
@@ -410,15 +453,15 @@ class LeaderClustering:
     def _match_old(self, x, xb, lo, hi, m_one, tol, near, sim, nearest: bool):
         """Rows x [B, d] within threshold of an exemplar of an earlier batch, and (if `nearest`) their nearest.
 
-        bf16 scores in blocks of columns; a row whose max is > hi is surely matched, < lo surely not; its
+        Screen scores in blocks of columns; a row whose max is > hi is surely matched, < lo surely not; its
         nearest is among the scores within 2 m_one of the max; the open cases are settled in float64."""
         B, k0, dev = x.shape[0], self._k, self.device
         best = torch.full((B,), -torch.inf, dtype=torch.float64, device=dev)
         found, step = [], max(GROUP, CHUNK // B // GROUP * GROUP)
         for c0 in range(0, k0, step):
             w = min(k0 - c0, step)
-            wp = _bucket(w)  # padded with spare rows of _e16 (any bits) ...
-            s = self._mm(xb, self._e16[c0 : c0 + wp], B, wp)  # [B, wp]
+            wp = _bucket(w)  # padded with spare rows of _es (any bits) ...
+            s = self._mm(xb, self._es[c0 : c0 + wp], B, wp)  # [B, wp]
             if wp > w:
                 s[:, w:] = -torch.inf  # ... whose scores are overwritten
             bm, cmax = _blockmax(s)
@@ -446,7 +489,7 @@ class LeaderClustering:
         """The sequential rule among the rows x[u] (u [n]) that matched no earlier exemplar. -> lead [n] bool,
         and (if `nearest`) each one's nearest exemplar id [n] and similarity [n] float64 (leaders: own, 1).
 
-        Blocks of rows against all earlier rows give the pairs within threshold (bf16, then float64 in
+        Blocks of rows against all earlier rows give the pairs within threshold (screen, then float64 in
         the band); `_leaders` applies the rule to that graph."""
         n, dev, k0 = u.shape[0], self.device, self._k
         found = []
@@ -486,7 +529,7 @@ class LeaderClustering:
 
     def _arrival_nearest(self, x, xb, is_new, near, sim, m_one, tol, k0: int) -> None:
         """In place: rows matched to an exemplar of an earlier batch may be more similar still to one born
-        earlier in their own batch (exemplars k0, k0 + 1, ...). bf16 screen, settled in float64."""
+        earlier in their own batch (exemplars k0, k0 + 1, ...). Screened, settled in float64."""
         pos = is_new.nonzero()[:, 0]  # [p] rows that became exemplars k0, k0+1, ...
         B = x.shape[0]
         if pos.numel() == 0:
@@ -496,9 +539,9 @@ class LeaderClustering:
         if todo.numel() == 0:
             return
         wp = _bucket(pos.numel())
-        s = self._mm(xb[todo], self._e16[k0 : k0 + wp], todo.numel(), wp)  # [t, wp]
+        s = self._mm(xb[todo], self._es[k0 : k0 + wp], todo.numel(), wp)  # [t, wp]
         born = torch.searchsorted(pos, todo)  # [t] leaders born before each row
-        unborn = torch.arange(wp, device=x.device)[None, :] >= born[:, None]  # [t, wp] (and spare rows of _e16)
+        unborn = torch.arange(wp, device=x.device)[None, :] >= born[:, None]  # [t, wp] (and spare rows of _es)
         s.masked_fill_(unborn, -torch.inf)
         bm, _ = _blockmax(s)
         r, c, _ = _at_least(s, bm, sim[todo] - m_one[todo])  # could reach the current choice
@@ -515,30 +558,23 @@ class LeaderClustering:
         near[rows], sim[rows] = win[rows], best[rows]
 
     def _mm(self, a: torch.Tensor, b: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
-        """a @ b.T in bf16 into a reused buffer (fresh outputs cost page faults). -> [rows, cols]
+        """a @ b.T in the screen dtype into a reused buffer (fresh outputs cost page faults). -> [rows, cols]
 
         oneDNN builds a kernel for every new shape, ~3 ms on this CPU (ten times a 1024 x 512 x 640 product),
         and rows and K change with every sub-batch: rows are padded with zeros to a `_bucket` size (callers
         choose bucketed cols), so a long build reuses a few dozen shapes instead of building new ones."""
-        if rows * cols * self.dim < 1 << 22:  # tiny: skip oneDNN setup; an fp32 sum of exact products, same bound
-            return self._out(rows, cols).copy_(torch.mm(a.float(), b.float().T))
-        padded = _bucket(rows) if not a.is_cuda else rows
-        if padded != rows:
-            a = torch.cat([a, a.new_zeros(padded - rows, a.shape[1])])
-        out = self._out(padded, cols)
-        if not a.is_cuda:
-            return torch.mm(a, b.T, out=out)[:rows]
-        flags = torch.backends.cuda.matmul  # the bound needs fp32 accumulation: no bf16 split-K reductions
-        old, flags.allow_bf16_reduced_precision_reduction = flags.allow_bf16_reduced_precision_reduction, False
-        try:
-            return torch.mm(a, b.T, out=out)
-        finally:
-            flags.allow_bf16_reduced_precision_reduction = old
+        with _ieee_fp32():  # the bound needs an fp32 accumulator
+            if rows * cols * self.dim < 1 << 22:  # tiny: skip oneDNN setup; an fp32 GEMM, same bound
+                return self._out(rows, cols).copy_(torch.mm(a.float(), b.float().T))
+            padded = _bucket(rows) if not a.is_cuda else rows
+            if padded != rows:
+                a = torch.cat([a, a.new_zeros(padded - rows, a.shape[1])])
+            return torch.mm(a, b.T, out=self._out(padded, cols))[:rows]
 
     def _out(self, rows: int, cols: int) -> torch.Tensor:
-        """A [rows, cols] bf16 view of the reused GEMM output buffer."""
+        """A [rows, cols] view of the reused GEMM output buffer (screen dtype)."""
         if self._buf.numel() < rows * cols:
-            self._buf = torch.empty(max(rows * cols, 2 * self._buf.numel()), dtype=torch.bfloat16, device=self.device)
+            self._buf = torch.empty(max(rows * cols, 2 * self._buf.numel()), dtype=self.screen, device=self.device)
         return self._buf[: rows * cols].view(rows, cols)
 
     def state(self) -> tuple[torch.Tensor, float, float]:
@@ -546,20 +582,21 @@ class LeaderClustering:
         return self.exemplars.cpu().clone(), self._eps, self._norm
 
     def restore(self, exemplars: torch.Tensor, eps: float, norm: float) -> None:
-        """Continue from ``state()``: the same exemplars and bounds, so every later decision is the same."""
+        """Continue from ``state()``: the same exemplars, so every later decision is the same. The bounds are
+        the larger of the saved ones and this screen's own (a checkpoint may come from the other screen)."""
         x = exemplars.to(self.device, torch.float32).contiguous()
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"exemplars must be [K, {self.dim}], got {tuple(x.shape)}")
-        self._k = 0
+        self._k, self._eps, self._norm = 0, 0.0, 0.0
         self._e32 = torch.empty(0, self.dim, device=self.device)
-        self._e16 = torch.empty(0, self.dim, dtype=torch.bfloat16, device=self.device)
-        idx = torch.arange(x.shape[0], device=self.device)
-        self._append(x, x.bfloat16(), idx, torch.zeros(1, dtype=torch.float64), torch.zeros(1, dtype=torch.float64))
-        self._eps, self._norm = float(eps), float(norm)
+        self._es = self._e32.to(self.screen)
+        xs, eps_x, rnorm = _screen_rows(x, self.screen)
+        self._append(x, xs, torch.arange(x.shape[0], device=self.device), eps_x, rnorm)
+        self._eps, self._norm = max(self._eps, float(eps)), max(self._norm, float(norm))
 
     def _append(self, x: torch.Tensor, xb: torch.Tensor, idx: torch.Tensor, eps: torch.Tensor,
                 rnorm: torch.Tensor) -> None:
-        """New exemplars: rows idx [n] of x [B, d] (fp32) and of xb = bf16(x), with their eps and rnorm [n]."""
+        """New exemplars: rows idx [n] of x [B, d] (fp32) and of xb (x in the screen dtype), their eps and rnorm [n]."""
         k, n = self._k, idx.shape[0]
         if n == 0:
             return
@@ -567,23 +604,29 @@ class LeaderClustering:
         if k + n + spare > self._e32.shape[0]:  # capacity doubling
             # from 64M entries: pages of empty() are only mapped when written, and growing copies everything
             cap = max(k + n + spare, 2 * self._e32.shape[0], (1 << 26) // self.dim)
-            e32, e16 = self._e32.new_empty(cap, self.dim), self._e16.new_empty(cap, self.dim)
-            e32[:k], e16[:k] = self._e32[:k], self._e16[:k]  # (not torch.cat: it would write every row)
-            self._e32, self._e16 = e32, e16
+            e32 = self._e32.new_empty(cap, self.dim)
+            e32[:k] = self._e32[:k]  # (not torch.cat: it would write every row)
+            es = e32 if self._es is self._e32 else self._es.new_empty(cap, self.dim)
+            if es is not e32:
+                es[:k] = self._es[:k]
+            self._e32, self._es = e32, es
         torch.index_select(x, 0, idx, out=self._e32[k : k + n])  # gathered straight into place
-        torch.index_select(xb, 0, idx, out=self._e16[k : k + n])
+        if self._es is not self._e32:
+            torch.index_select(xb, 0, idx, out=self._es[k : k + n])
         self._k += n
         self._eps, self._norm = max(self._eps, eps.max().item()), max(self._norm, rnorm.max().item())
 
 
-def leader_cluster(directions, threshold: float, batch_size: int = 4096) -> np.ndarray:
+def leader_cluster(directions, threshold: float, batch_size: int = 4096,
+                   screen: torch.dtype | None = None) -> np.ndarray:
     """Indices (int64, arrival order) of the rows of directions [N, d] (float32 unit rows) that become
-    exemplars. Identical for every batch_size, and to `leader_cluster_reference`."""
+    exemplars. Identical for every batch_size and screen (`LeaderClustering`), and to `leader_cluster_reference`."""
     x = _as_rows(directions)
     _check_threshold(threshold)
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    lc, bs, out = LeaderClustering(x.shape[1], threshold, device=x.device if x.is_cuda else None), int(batch_size), []
+    lc = LeaderClustering(x.shape[1], threshold, device=x.device if x.is_cuda else None, screen=screen)
+    bs, out = int(batch_size), []
     s = 0
     while s < x.shape[0]:
         step = min(bs, lc._step())  # as in add(): sub-batches grow with K
