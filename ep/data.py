@@ -22,7 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 DATA_ENV = "EP_DATA_DIR"
-REFUSAL_URL = "https://raw.githubusercontent.com/andyrdt/refusal_direction/9d852fa/dataset/splits/{split}.json"
+RAW_ENV = "EP_RAW_URL"  # where GitHub's raw files are served: a local stand-in in the tests, else GitHub's own
+RAW_URL = "https://raw.githubusercontent.com"
+REFUSAL_PATH = "andyrdt/refusal_direction/9d852fa/dataset/splits/{split}.json"
 WIKI_DATASET = ("wikimedia/wikipedia", "20231101.en")
 AXBENCH_REPO = "pyvene/axbench-concept10"
 REFUSAL_SPLITS = ("harmful_train", "harmful_val", "harmless_train", "harmless_val")
@@ -101,6 +103,11 @@ def corpus(max_docs: int | None = None, skip: int = 0) -> Iterator[str]:
     yield from itertools.islice(docs, skip, stop)
 
 
+def refusal_url(split: str) -> str:
+    """The upstream address of a refusal split: ``$EP_RAW_URL`` (default GitHub's raw files) + the pinned path."""
+    return f"{os.environ.get(RAW_ENV, RAW_URL).rstrip('/')}/{REFUSAL_PATH.format(split=split)}"
+
+
 def instructions(split: str) -> list[str]:
     """Harmful or harmless instructions: ``split`` in harmful_train/val, harmless_train/val.
 
@@ -115,7 +122,7 @@ def instructions(split: str) -> list[str]:
         rows = json.loads(mirror_file(f"refusal/{split}.json").read_text(encoding="utf-8"))
     else:
         def fetch():
-            with urllib.request.urlopen(REFUSAL_URL.format(split=split), timeout=60) as response:
+            with urllib.request.urlopen(refusal_url(split), timeout=60) as response:
                 return json.loads(response.read())
 
         rows = _online(f"the {split} instructions", fetch)

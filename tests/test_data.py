@@ -97,7 +97,7 @@ def test_instructions_upstream_json_parses_like_the_mirror(upstream, monkeypatch
     monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
     got = data.instructions("harmful_val")
     assert got == [row["instruction"] for row in json.loads(body)] and len(got) == 39
-    assert urls == [data.REFUSAL_URL.format(split="harmful_val")]
+    assert urls == [data.refusal_url("harmful_val")] and urls[0].startswith("https://raw.githubusercontent.com/")
 
 
 @pytest.mark.skipif(MIRROR is None, reason="compares with the offline mirror")
