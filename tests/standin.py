@@ -18,7 +18,7 @@ Repositories served (``StandIn.repos``):
   (``id, url, title, text``, one article a row, paragraphs joined by blank lines), made from the mirror's excerpt;
 - ``google/gemma-2-2b`` and ``-it``: gated, as on the hub (401 without a token, 403 with one not on the list).
 
-Faults (``StandIn.fault``), injected on the next requests whose path contains a given text: ``500``,
+Faults (``StandIn.fault``), injected on the next GET or POST requests whose path contains a given text: ``500``,
 ``drop`` (the connection closes mid-file), ``truncate`` (the body ends early under a Content-Length that says so),
 ``corrupt`` (other bytes, same size), ``slow`` (the first byte waits). Every request is logged in ``StandIn.log``.
 """
@@ -199,7 +199,7 @@ def _handler(standin: StandIn):
         def _route(self):
             url = urlsplit(self.path)
             path, query = unquote(url.path), parse_qs(url.query)
-            fault = standin._take_fault(path)
+            fault = standin._take_fault(path) if self.command != "HEAD" else None  # faults hit what carries data
             if fault is not None and fault.kind == "500":
                 return self._error(500, "", "Internal Error - We're working hard to fix this as soon as possible!")
             if fault is not None and fault.kind == "slow":
