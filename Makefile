@@ -2,7 +2,8 @@
 #   make tutorial   create .venv, then execute every notebook (executed copies land in outputs/); every failure is
 #                   reported at the end, and the exit code is non-zero if any notebook failed
 #   make test       create .venv, then run ruff and the test suite (unit tests + every notebook + the book)
-#   make test-fast  ruff and the unit tests without notebooks, model loads or the browser (the edit-test loop)
+#   make test-fast  ruff and the unit tests without notebooks, model loads, the browser or the online stand-in
+#                   (the edit-test loop: about a minute)
 #   make book       render the executed notebooks, the guide and the glossary as a static site (build/book)
 # Data: the offline mirror in $EP_DATA_DIR when it names a folder (default: ../shared/data, if it exists);
 # otherwise every loader streams its upstream source.
@@ -50,7 +51,7 @@ test: $(BIN)/.installed
 
 test-fast: $(BIN)/.installed
 	$(BIN)/ruff check ep tests notebooks benchmarks
-	$(BIN)/python -m pytest -q -m "not notebook and not model and not slow"
+	$(BIN)/python -m pytest -q -m "not notebook and not model and not slow and not online"
 
 book: $(BIN)/.installed
 	@test -n "$$(ls $(OUT)/[0-9][0-9]_*.ipynb 2>/dev/null)" || $(MAKE) tutorial

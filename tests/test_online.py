@@ -24,7 +24,8 @@ from ep import data
 
 REPO = Path(__file__).resolve().parents[1]
 MIRROR = data.data_dir()
-pytestmark = pytest.mark.skipif(MIRROR is None, reason="the stand-in serves the offline mirror's files")
+pytestmark = [pytest.mark.skipif(MIRROR is None, reason="the stand-in serves the offline mirror's files"),
+              pytest.mark.online]
 WIKI = "wikimedia/wikipedia/resolve"
 AXBENCH = "axbench-concept10/resolve"
 DICT = "gemma-2-2b_L12_p10/gemma-2-2b_layer12.pkl"
