@@ -1,6 +1,9 @@
 # The two commands the README promises, on a fresh machine:
-#   make tutorial   create .venv, then execute every notebook (executed copies land in outputs/)
+#   make tutorial   create .venv, then execute every notebook (executed copies land in outputs/); every failure is
+#                   reported at the end, and the exit code is non-zero if any notebook failed
 #   make test       create .venv, then run ruff and the test suite (unit tests + every notebook + the book)
+#   make test-fast  ruff and the unit tests without notebooks, model loads, the browser or the online stand-in
+#                   (the edit-test loop: about a minute)
 #   make book       render the executed notebooks, the guide and the glossary as a static site (build/book)
 #   make slides     the executed notebooks as reveal.js decks for the room (build/slides; SLIDES_LIBS=node_modules
 #                   for a room without internet, see docs/build_slides.py)
@@ -17,7 +20,7 @@ export EP_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: tutorial test book slides lab lock clean
+.PHONY: tutorial test test-fast book slides lab lock clean
 
 # the exact tested set (requirements-lock.txt), then this package on top of it without touching it
 $(BIN)/.installed: pyproject.toml requirements-lock.txt
@@ -35,15 +38,22 @@ lock: $(BIN)/.installed
 
 tutorial: $(BIN)/.installed
 	mkdir -p $(OUT)
-	for nb in notebooks/[0-9][0-9]_*.ipynb; do \
-		$(BIN)/papermill --cwd notebooks $$nb $(OUT)/$$(basename $$nb) -p results_dir $(abspath $(OUT))/results || exit 1; \
-	done
-	@echo "executed notebooks and results are in $(OUT)/"
+	@failed=""; for nb in notebooks/[0-9][0-9]_*.ipynb; do \
+		echo "== $$nb"; \
+		$(BIN)/papermill --cwd notebooks $$nb $(OUT)/$$(basename $$nb) -p results_dir $(abspath $(OUT))/results \
+			|| failed="$$failed $$(basename $$nb)"; \
+	done; \
+	echo "executed notebooks and results are in $(OUT)/"; \
+	if [ -n "$$failed" ]; then echo "FAILED:$$failed (each executed copy in $(OUT)/ shows its error)"; exit 1; fi
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check ep tests notebooks benchmarks
 	$(BIN)/python -m pytest --durations=15
 	EP_BOOK_TEST=1 $(BIN)/python -m pytest -q tests/book   # the rendered book, from the notebooks just executed
+
+test-fast: $(BIN)/.installed
+	$(BIN)/ruff check ep tests notebooks benchmarks
+	$(BIN)/python -m pytest -q -m "not notebook and not model and not slow and not online"
 
 book: $(BIN)/.installed
 	@test -n "$$(ls $(OUT)/[0-9][0-9]_*.ipynb 2>/dev/null)" || $(MAKE) tutorial

@@ -13,16 +13,22 @@ package (the mirror's copy is only a fallback), and code is the Python standard 
 
 from __future__ import annotations
 
+import hashlib
+import http.client
 import itertools
 import json
 import os
 import sysconfig
+import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 DATA_ENV = "EP_DATA_DIR"
-REFUSAL_URL = "https://raw.githubusercontent.com/andyrdt/refusal_direction/9d852fa/dataset/splits/{split}.json"
+RAW_ENV = "EP_RAW_URL"  # where GitHub's raw files are served: a local stand-in in the tests, else GitHub's own
+RAW_URL = "https://raw.githubusercontent.com"
+REFUSAL_PATH = "andyrdt/refusal_direction/9d852fa/dataset/splits/{split}.json"
 WIKI_DATASET = ("wikimedia/wikipedia", "20231101.en")
 AXBENCH_REPO = "pyvene/axbench-concept10"
 REFUSAL_SPLITS = ("harmful_train", "harmful_val", "harmless_train", "harmless_val")
@@ -46,24 +52,89 @@ def source() -> str:
 
 
 def _network_error(e: BaseException) -> bool:
-    """URLError, ConnectionError, timeouts and most hub errors are OSErrors; the hub client's own HTTP
-    library (httpx, or httpx2 in huggingface_hub 2) raises a TransportError instead."""
-    return isinstance(e, OSError) or any(c.__name__ == "TransportError" and c.__module__.startswith("httpx")
-                                         for c in type(e).__mro__)
+    """URLError, ConnectionError, timeouts and most hub errors are OSErrors; a body cut short is http.client's
+    IncompleteRead; the hub client's own HTTP library (httpx, or httpx2 in huggingface_hub 2) raises a
+    TransportError instead."""
+    return isinstance(e, (OSError, http.client.HTTPException)) or any(
+        c.__name__ == "TransportError" and c.__module__.startswith("httpx") for c in type(e).__mro__)
+
+
+def _trouble(e: BaseException) -> str:
+    """What went wrong on the wire, and what to do about it."""
+    response = getattr(e, "response", None)
+    status = getattr(e, "code", None) if isinstance(e, urllib.error.HTTPError) else getattr(response, "status_code",
+                                                                                            None)
+    text = f"{type(e).__name__} {e}".lower()
+    if isinstance(status, int) and status >= 500:
+        return f"the server answered HTTP {status}, an error on its side: try again in a few minutes"
+    if isinstance(status, int):
+        return f"the server answered HTTP {status}"
+    if isinstance(e, (http.client.IncompleteRead, ValueError)) or any(
+            w in text for w in ("incomplete", "consistency", "damaged")):
+        return "the download was cut short or damaged on the way: run it again"
+    if "timed out" in text or "timeout" in text:
+        return "no answer in time: check the connection and run it again"
+    return "check the internet connection"
 
 
 def _online(what: str, fetch, instead: str | None = None):
-    """Run an upstream fetch; without a network (or a hub), say what to do instead of a raw socket error
-    (``instead``: that advice, when the offline mirror is not the answer)."""
+    """Run an upstream fetch; when it fails on the wire, say what went wrong and what to do instead of a raw socket
+    error (``instead``: the advice for working offline, when the offline mirror is not the answer)."""
     try:
         return fetch()
     except Exception as e:
         if not _network_error(e):
             raise
-        instead = instead or f"set {DATA_ENV} to an offline data mirror (a folder laid out like ../shared/data)"
-        raise ConnectionError(
-            f"could not fetch {what} from upstream ({type(e).__name__}: {e}). Without internet, {instead}"
-        ) from e
+        raise _fetch_error(what, e, instead) from e
+
+
+def _streamed(what: str, rows: Iterator) -> Iterator:
+    """``rows`` from an upstream stream, a failure on the wire mid-stream raised as _online raises it."""
+    try:
+        yield from rows
+    except Exception as e:
+        if not _network_error(e):
+            raise
+        raise _fetch_error(what, e) from e
+
+
+def _fetch_error(what: str, e: BaseException, instead: str | None = None) -> ConnectionError:
+    instead = instead or f"set {DATA_ENV} to an offline data mirror (a folder laid out like ../shared/data)"
+    return ConnectionError(f"could not fetch {what} from upstream ({type(e).__name__}: {e}): {_trouble(e)}. "
+                           f"Without internet, {instead}")
+
+
+def _json_url(url: str, attempts: int = 3, timeout: float = 60):
+    """A JSON file over HTTP, tried again (after 1 s, then 2 s) when the server errs (5xx) or the body arrives
+    cut short; the last failure is raised as it is."""
+    for attempt in range(attempts):
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                return json.loads(response.read())
+        except (urllib.error.HTTPError, http.client.IncompleteRead, ConnectionError, ValueError) as e:
+            transient = not isinstance(e, urllib.error.HTTPError) or e.code >= 500
+            if not transient or attempt == attempts - 1:
+                if isinstance(e, ValueError):  # JSONDecodeError: a body that ends early
+                    raise http.client.IncompleteRead(b"", None) from e
+                raise
+            time.sleep(1 + attempt)
+
+
+def _checked_snapshot(folder: Path) -> list[Path]:
+    """The files of a hub snapshot whose bytes do not match the hash the hub named them by (the cache's blobs are
+    named by their sha256 for LFS files, by their git blob sha1 otherwise); those blobs are deleted."""
+    damaged = []
+    for link in (f for f in folder.rglob("*") if f.is_symlink()):
+        blob = link.resolve()
+        data = blob.read_bytes()
+        want = blob.name
+        got = (hashlib.sha256(data).hexdigest() if len(want) == 64 else
+               hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest() if len(want) == 40 else want)
+        if got != want:
+            damaged.append(link)
+            blob.unlink()
+            link.unlink()
+    return damaged
 
 
 def mirror_file(relative: str) -> Path:
@@ -96,9 +167,15 @@ def corpus(max_docs: int | None = None, skip: int = 0) -> Iterator[str]:
         from datasets import load_dataset
 
         wiki = _online("the Wikipedia corpus", lambda: load_dataset(*WIKI_DATASET, split="train", streaming=True))
-        docs = (para for row in wiki for para in row["text"].split("\n\n") if len(para) > 200)
+        docs = (para for row in _streamed("the Wikipedia corpus", wiki) for para in row["text"].split("\n\n")
+                if len(para) > 200)
     stop = None if max_docs is None else skip + max_docs
     yield from itertools.islice(docs, skip, stop)
+
+
+def refusal_url(split: str) -> str:
+    """The upstream address of a refusal split: ``$EP_RAW_URL`` (default GitHub's raw files) + the pinned path."""
+    return f"{os.environ.get(RAW_ENV, RAW_URL).rstrip('/')}/{REFUSAL_PATH.format(split=split)}"
 
 
 def instructions(split: str) -> list[str]:
@@ -114,11 +191,7 @@ def instructions(split: str) -> list[str]:
     elif data_dir():
         rows = json.loads(mirror_file(f"refusal/{split}.json").read_text(encoding="utf-8"))
     else:
-        def fetch():
-            with urllib.request.urlopen(REFUSAL_URL.format(split=split), timeout=60) as response:
-                return json.loads(response.read())
-
-        rows = _online(f"the {split} instructions", fetch)
+        rows = _online(f"the {split} instructions", lambda: _json_url(refusal_url(split)))
     return [row["instruction"] for row in rows]
 
 
@@ -137,8 +210,17 @@ def axbench_concepts(variant: str = "prod_2b_l20_v1"):
     else:
         from huggingface_hub import snapshot_download
 
-        folder = Path(_online("AxBench Concept10", lambda: snapshot_download(
-            AXBENCH_REPO, repo_type="dataset", allow_patterns=f"{variant}/*"))) / variant
+        def fetch() -> Path:
+            snapshot = Path(snapshot_download(AXBENCH_REPO, repo_type="dataset", allow_patterns=f"{variant}/*"))
+            damaged = _checked_snapshot(snapshot)
+            if damaged:  # fetched again once: the bad blobs are gone, so the hub client downloads them anew
+                snapshot = Path(snapshot_download(AXBENCH_REPO, repo_type="dataset", allow_patterns=f"{variant}/*"))
+                if damaged := _checked_snapshot(snapshot):
+                    raise OSError(f"{[str(f) for f in damaged]} arrived damaged twice (their hash differs from the "
+                                     "hub's record) and were removed from the cache")
+            return snapshot
+
+        folder = _online("AxBench Concept10", fetch) / variant
     files = ["generate_metadata.jsonl", "generate_train_data.parquet", "inference_latent_eval_data.parquet"]
     missing = [name for name in files if not (folder / name).exists()]
     if missing:

@@ -18,5 +18,15 @@ def gemma():
 
     return load_model("gemma-3-270m", dtype=torch.float32)
 
+
+MODEL_FIXTURES = {"gemma", "qwen"}  # fixtures that load a real embedded model
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that uses a model fixture is marked ``model``, so ``-m "not model"`` (make test-fast) skips it."""
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
 # The book test renders notebooks executed by the notebook tests: `make test` runs it second, on purpose.
 collect_ignore = [] if os.environ.get("EP_BOOK_TEST") else ["book"]

@@ -67,71 +67,15 @@ def test_a_missing_mirror_folder_means_upstream(monkeypatch, tmp_path):
     assert data.data_dir() == tmp_path and data.source().startswith("mirror:")
 
 
-@pytest.mark.skipif(MIRROR is None, reason="compares with the offline mirror")
-def test_corpus_upstream_rows_parse_like_the_mirror(upstream, monkeypatch):
-    import datasets
-
-    mirror = [json.loads(line)["text"] for line in (MIRROR / "corpus/wiki_excerpt.jsonl").open()][:40]
-    long = [p for p in mirror if len(p) > 200]
-    # wikimedia/wikipedia streams one article per row: paragraphs joined by blank lines, short ones among them
-    rows = [{"id": str(i), "title": "t", "text": "\n\n".join(long[i:i + 3] + ["a short line"])}
-            for i in range(0, len(long), 3)]
-    calls = []
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: calls.append((a, k)) or iter(rows))
-    assert list(data.corpus(max_docs=len(long))) == long
-    assert calls[0][0] == data.WIKI_DATASET and calls[0][1]["streaming"] is True
+# The upstream paths themselves (Wikipedia, the refusal splits, AxBench, faults on the wire, no internet) run over
+# real HTTP against a local stand-in of the upstream services: tests/test_online.py.
 
 
-@pytest.mark.skipif(MIRROR is None, reason="compares with the offline mirror")
-def test_instructions_upstream_json_parses_like_the_mirror(upstream, monkeypatch):
-    import io
-    import urllib.request
-
-    body = (MIRROR / "refusal/harmful_val.json").read_bytes()
-    urls = []
-
-    def fake_urlopen(url, timeout=None):
-        urls.append(url)
-        return io.BytesIO(body)
-
-    monkeypatch.setattr(urllib.request, "urlopen", fake_urlopen)
-    got = data.instructions("harmful_val")
-    assert got == [row["instruction"] for row in json.loads(body)] and len(got) == 39
-    assert urls == [data.REFUSAL_URL.format(split="harmful_val")]
-
-
-@pytest.mark.skipif(MIRROR is None, reason="compares with the offline mirror")
-def test_axbench_upstream_snapshot_parses_like_the_mirror(upstream, monkeypatch, tmp_path):
-    import shutil
-
-    import huggingface_hub
-
-    variant = "prod_2b_l20_v1"
-    shutil.copytree(MIRROR / "axbench/concept10" / variant, tmp_path / variant)
-    seen = {}
-
-    def fake_snapshot(repo_id, repo_type=None, allow_patterns=None):
-        seen.update(repo_id=repo_id, repo_type=repo_type, allow_patterns=allow_patterns)
-        return str(tmp_path)
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot)
-    meta, train, latent = data.axbench_concepts(variant)
-    monkeypatch.setenv(data.DATA_ENV, str(MIRROR))
-    meta_m, train_m, latent_m = data.axbench_concepts(variant)
-    assert meta == meta_m and train.equals(train_m) and latent.equals(latent_m)
-    assert seen == {"repo_id": data.AXBENCH_REPO, "repo_type": "dataset", "allow_patterns": f"{variant}/*"}
-
-
-def test_no_internet_and_no_mirror_says_what_to_do(upstream, monkeypatch):
-    import urllib.error
-    import urllib.request
-
-    def offline(*args, **kwargs):
-        raise urllib.error.URLError("Temporary failure in name resolution")
-
-    monkeypatch.setattr(urllib.request, "urlopen", offline)
-    with pytest.raises(ConnectionError, match="EP_DATA_DIR"):
-        data.instructions("harmless_val")
+def test_the_raw_file_address_comes_from_the_environment(upstream, monkeypatch):
+    assert data.refusal_url("harmful_val") == ("https://raw.githubusercontent.com/andyrdt/refusal_direction/9d852fa/"
+                                               "dataset/splits/harmful_val.json")
+    monkeypatch.setenv(data.RAW_ENV, "http://127.0.0.1:8000/raw/")
+    assert data.refusal_url("harmless_val").startswith("http://127.0.0.1:8000/raw/andyrdt/refusal_direction/")
 
 
 @pytest.mark.skipif(MIRROR is None, reason="compares with the offline mirror")

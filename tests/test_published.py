@@ -7,9 +7,7 @@ $EP_DATA_DIR/ep_hub/README.md) with small stand-in classes registered under the 
 import io
 import os
 import pickle
-import shutil
 import subprocess
-import types
 from pathlib import Path
 
 import numpy as np
@@ -140,47 +138,27 @@ def test_from_hub_offline(tmp_path):
         ep.Dictionary.from_hub("gemma-3-270m", 9, 7, cache=tmp_path)
 
 
-def test_from_hub_online_mocked(tmp_path, monkeypatch, capsys):
-    """Online path with huggingface_hub mocked: size said first, sha256 checked against the hub's record."""
-    hf = pytest.importorskip("huggingface_hub")
+def test_unpublished_names_fail_before_any_download(monkeypatch):
+    """The download path itself is tested over real HTTP against a local stand-in of the hub (tests/test_online.py)."""
     monkeypatch.delenv("EP_DATA_DIR")
-    src = FILES[10]
-    sha = pub.sha256_file(src)
-    calls = []
-
-    def download(repo_id, filename, repo_type):
-        calls.append((repo_id, filename, repo_type))
-        local = tmp_path / "hub" / filename
-        local.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(src if filename.endswith(".pkl") else src.with_name("gemma-3-270m_layer9_metadata.json"), local)
-        return str(local)
-
-    record = {"sha": sha}
-
-    class Api:
-        def get_paths_info(self, repo_id, paths, repo_type):
-            return [types.SimpleNamespace(path=paths[0], size=65_000_000,
-                                          lfs=types.SimpleNamespace(sha256=record["sha"]))]
-
-    monkeypatch.setattr(hf, "hf_hub_download", download)
-    monkeypatch.setattr(hf, "HfApi", Api)
-    d = ep.Dictionary.from_hub("gemma-2-2b", 12, 10, cache=tmp_path / "cache")
-    assert calls[0] == ("J-RUM/exemplar-partitioning", "gemma-2-2b_L12_p10/gemma-2-2b_layer12.pkl", "dataset")
-    assert calls[1][1] == "gemma-2-2b_L12_p10/gemma-2-2b_layer12_metadata.json"
-    assert "0.07 GB" in capsys.readouterr().out
-    assert d.meta["model"] == "gemma-2-2b" and d.meta["sha256"] == sha and len(d) == 442
-    record["sha"] = "0" * 64
-    with pytest.raises(DictionaryFormatError, match="sha256"):
-        ep.Dictionary.from_hub("gemma-2-2b", 12, 10, cache=tmp_path / "cache")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: any request would fail differently
     with pytest.raises(FileNotFoundError, match="not published"):
         ep.Dictionary.from_hub("gemma-2-2b", 12, 3)
 
-    def offline(*args, **kwargs):
-        raise ConnectionError("no network")
 
-    monkeypatch.setattr(hf, "hf_hub_download", offline)
-    with pytest.raises(OSError, match="could not fetch.*offline, put the file at"):
-        ep.Dictionary.from_hub("gemma-2-2b", 12, 4, cache=tmp_path / "cache")
+def test_choose_offline_stand_ins_or_the_published_files(monkeypatch):
+    assert pub.stand_ins_here()
+    here = pub.choose()
+    assert here == {"model_short": "gemma-3-270m", "layer": 9, "percentile": 10, "model_name": "gemma-3-270m",
+                    "compare_with": [("gemma-3-270m", 9, 2), ("gemma-3-270m", 9, 4)]}
+    monkeypatch.delenv("EP_DATA_DIR")
+    online = pub.choose()
+    assert online == {"model_short": "gemma-2-2b", "layer": 12, "percentile": 10, "model_name": "google/gemma-2-2b",
+                      "compare_with": [("gemma-2-2b-it", 12, 10)]}
+    for model, layer, p in [(online["model_short"], online["layer"], online["percentile"]), *online["compare_with"]]:
+        assert p in pub.PUBLISHED[(model, layer)]
+    assert pub.choose("gemma-2-2b-it", 20, 4, model_name=None)["compare_with"] == []  # base L20 has only p10
+    assert pub.choose("gemma-2-2b", 20, 10, compare_with=[])["model_name"] == "google/gemma-2-2b"
 
 
 def test_published_table():

@@ -28,6 +28,7 @@ import json
 import os
 import pickle
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +47,43 @@ PUBLISHED: dict[tuple[str, int], tuple[int, ...]] = {
     ("gemma-2-2b-it", 20): (1, 2, 4, 8, 10),
 }
 APPROX_SIZE = {1: "~6 GB", 10: "~65 MB"}  # the official README's figures (p1 and p10)
+
+
+# The offline mirror's stand-ins ($EP_DATA_DIR/ep_hub/): Gemma 3 270M layer 9 at these percentiles, made by the
+# official code in the published layout (see the mirror's ep_hub/README.md)
+STAND_IN = ("gemma-3-270m", 9, (2, 4, 10))
+# short name -> the model to load for text and new inputs (the Gemma-2 ones are gated: licence + HF_TOKEN)
+MODELS = {"gemma-3-270m": "gemma-3-270m", "gemma-2-2b": "google/gemma-2-2b", "gemma-2-2b-it": "google/gemma-2-2b-it"}
+
+
+def stand_ins_here() -> bool:
+    """Whether ``$EP_DATA_DIR/ep_hub`` holds the offline stand-ins."""
+    root = os.environ.get("EP_DATA_DIR")
+    model, layer, ps = STAND_IN
+    return bool(root) and all((Path(root) / "ep_hub" / hub_paths(model, layer, p)[0]).exists() for p in ps)
+
+
+def choose(model_short: str | None = None, layer: int | None = None, percentile: int = 10,
+           compare_with: list | None = None, model_name: str | None = "auto") -> dict:
+    """What notebook 00 opens when its parameters say None / "auto": the mirror's stand-ins when a mirror holds
+    them, else the paper's published ``gemma-2-2b`` layer 12 (and ``gemma-2-2b-it`` layer 12 to compare with).
+
+    Returns ``{"model_short", "layer", "percentile", "compare_with": [(model, layer, p), ...], "model_name"}``;
+    ``model_name`` "auto" names the model the dictionary was built on (None: no model)."""
+    offline = stand_ins_here()
+    model_short = model_short or (STAND_IN[0] if offline else "gemma-2-2b")
+    if layer is None:
+        layer = STAND_IN[1] if model_short == STAND_IN[0] else 12
+    if compare_with is None:
+        if (model_short, layer) == STAND_IN[:2]:
+            compare_with = [(model_short, layer, p) for p in STAND_IN[2] if p != percentile]
+        else:  # the same layer of the base / instruction-tuned sibling, where it is published
+            sibling = model_short[:-3] if model_short.endswith("-it") else f"{model_short}-it"
+            compare_with = [(sibling, layer, percentile)] if percentile in PUBLISHED.get((sibling, layer), ()) else []
+    if model_name == "auto":
+        model_name = MODELS.get(model_short, f"google/{model_short}")
+    return {"model_short": model_short, "layer": int(layer), "percentile": int(percentile),
+            "compare_with": [tuple(c) for c in compare_with], "model_name": model_name}
 
 
 def hub_paths(model_short: str, layer: int, percentile) -> tuple[str, str]:
@@ -319,20 +357,46 @@ def _read_meta(path: Path) -> dict:
         return {}
 
 
+def _hub_trouble(error: BaseException) -> str:
+    """What went wrong on the way from the hub, and what to do about it, in one sentence."""
+    chain, e = [], error
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    status = next((r.status_code for e in chain if (r := getattr(e, "response", None)) is not None
+                   and isinstance(getattr(r, "status_code", None), int)), None)
+    text = " ".join(f"{type(e).__name__} {e}" for e in chain).lower()
+    if status in (401, 403) or "gated" in text:
+        return (f"the hub refused access (HTTP {status}): accept the dataset's terms on its page with your account "
+                "and give a read token as HF_TOKEN (https://huggingface.co/settings/tokens)")
+    if status is not None and status >= 500:
+        return f"the hub answered HTTP {status}, a server error on its side: try again in a few minutes"
+    if "consistency check" in text or "incomplete" in text or "remoteprotocol" in text:
+        return "the download was cut short (the connection dropped): run the same call again"
+    if "timeout" in text or "timed out" in text:
+        return ("the hub did not answer in time: check the connection and run again (HF_HUB_DOWNLOAD_TIMEOUT and "
+                "HF_HUB_ETAG_TIMEOUT, in seconds, allow a slower link)")
+    if status is not None:
+        return f"the hub answered HTTP {status}"
+    return "could not reach the hub: check the internet connection"
+
+
 def from_hub(model_short: str = "gemma-2-2b", layer: int = 12, percentile: int = 10, *, repo_id: str = REPO_ID,
              local_dir=None, cache: Path | None = None, verbose: bool = True) -> Dictionary:
     """
     The official call's name and arguments. Reads ``$EP_DATA_DIR/ep_hub/{model}_L{layer}_p{p}/...`` when that
-    file exists (offline), else downloads it with huggingface_hub (saying its size first and checking the
-    blob's sha256 against the hub's record), then opens it with open_published (no code from the file runs).
+    file exists (offline). Otherwise it asks the hub for the file's size and sha256 and, unless a conversion of
+    that exact file is cached already, says the size, downloads it with huggingface_hub into a temporary folder,
+    checks its sha256 against the hub's record, converts it (open_published: no code from the file runs) and
+    caches only the conversion. The pickle itself is deleted afterwards, so a damaged or cut-off download never
+    stays in any cache: the next call starts clean. Every failure raises one error that says what to do.
     """
     pkl, meta_json = hub_paths(model_short, layer, percentile)
     root = Path(local_dir) if local_dir is not None else (
         Path(os.environ["EP_DATA_DIR"]) / "ep_hub" if os.environ.get("EP_DATA_DIR") else None)
+    about = {"repo_id": repo_id, "path": pkl, "model": model_short, "layer": int(layer), "percentile": int(percentile)}
     if root is not None and (root / pkl).exists():
-        meta = {"repo_id": repo_id, "path": pkl, "model": model_short, "layer": int(layer),
-                "percentile": int(percentile), "offline_copy": str(root), **_read_meta(root / meta_json)}
-        return open_published(root / pkl, meta, cache)
+        return open_published(root / pkl, {**about, "offline_copy": str(root), **_read_meta(root / meta_json)}, cache)
     if int(percentile) not in PUBLISHED.get((model_short, int(layer)), ()):
         raise FileNotFoundError(f"{model_short} layer {layer} p{percentile} is not published (published: "
                                 f"{sorted(PUBLISHED)} with percentiles {list(PUBLISHED.values())}); "
@@ -341,23 +405,40 @@ def from_hub(model_short: str = "gemma-2-2b", layer: int = 12, percentile: int =
         from huggingface_hub import HfApi, hf_hub_download
     except ImportError as e:
         raise ImportError("Dictionary.from_hub needs huggingface_hub online: pip install huggingface_hub") from e
+    where = root / pkl if root else f"$EP_DATA_DIR/ep_hub/{pkl}"
+    cache = Path(cache or cache_dir())
     try:
         info = {i.path: i for i in HfApi().get_paths_info(repo_id, [pkl], repo_type="dataset")}.get(pkl)
-        size, expected = getattr(info, "size", None), getattr(getattr(info, "lfs", None), "sha256", None)
-        if verbose:
-            said = f"{size / 1e9:.2f} GB" if size else APPROX_SIZE.get(int(percentile), "size unknown")
-            print(f"downloading {repo_id}/{pkl} ({said}; p1 files are ~6 GB, p10 ~65 MB) unless cached")
-        path = Path(hf_hub_download(repo_id=repo_id, filename=pkl, repo_type="dataset"))
     except Exception as e:
-        where = root / pkl if root else f"$EP_DATA_DIR/ep_hub/{pkl}"
-        raise OSError(f"could not fetch {repo_id}/{pkl} from the hub ({type(e).__name__}: {e}); "
-                      f"offline, put the file at {where}") from e
-    try:
-        meta = _read_meta(Path(hf_hub_download(repo_id=repo_id, filename=meta_json, repo_type="dataset")))
-    except Exception:  # the metadata is a nicety: the pickle is what matters
-        meta = {}
-    digest = sha256_file(path)
-    if expected and digest != expected:
-        raise DictionaryFormatError(f"{pkl}: sha256 {digest} differs from the hub's record {expected}")
-    return open_published(path, {"repo_id": repo_id, "path": pkl, "model": model_short, "layer": int(layer),
-                                 "percentile": int(percentile), **meta}, cache, digest)
+        raise ConnectionError(f"could not fetch {repo_id}/{pkl}: {_hub_trouble(e)}. Offline, put the file at "
+                              f"{where}") from e
+    if info is None:
+        raise FileNotFoundError(f"{repo_id} has no {pkl} (the hub lists no such file)")
+    size, expected = getattr(info, "size", None), getattr(getattr(info, "lfs", None), "sha256", None)
+    cached = cache / f"{expected}_schema{SCHEMA_VERSION}.safetensors"
+    if expected and cached.exists():
+        try:
+            return Dictionary.load(cached)
+        except DictionaryFormatError:
+            pass  # a damaged cache entry: download and convert again
+    if verbose:
+        said = f"{size / 1e9:.2f} GB" if size else APPROX_SIZE.get(int(percentile), "size unknown")
+        print(f"downloading {repo_id}/{pkl} ({said}; p1 files are ~6 GB, p10 ~65 MB); only its conversion is kept")
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".download-") as tmp:  # removed whatever happens
+        try:
+            path = Path(hf_hub_download(repo_id=repo_id, filename=pkl, repo_type="dataset", local_dir=tmp))
+        except Exception as e:
+            raise ConnectionError(f"could not fetch {repo_id}/{pkl}: {_hub_trouble(e)}; nothing partial was kept. "
+                                  f"Offline, put the file at {where}") from e
+        try:
+            meta = _read_meta(Path(hf_hub_download(repo_id=repo_id, filename=meta_json, repo_type="dataset",
+                                                   local_dir=tmp)))
+        except Exception:  # the metadata is a nicety: the pickle is what matters
+            meta = {}
+        digest = sha256_file(path)
+        if expected and digest != expected:
+            raise DictionaryFormatError(f"{pkl}: the download's sha256 {digest} differs from the hub's record "
+                                        f"{expected}: it was damaged on the way and was not kept; run the same call "
+                                        "again")
+        return open_published(path, {**about, **meta}, cache, digest)
