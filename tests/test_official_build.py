@@ -23,6 +23,7 @@ def test_a_seed_is_a_new_sample_of_the_corpus():
 
 @pytest.mark.model
 def test_exact_context_reads_the_official_128_after_bos(gemma):
+    gemma = gemma[0]  # (model, info)
     texts = ["Short text.", " ".join(["word"] * 40), "Another short one.", " ".join(["river"] * 50)]
     batch = ep.token_activations(gemma, texts, 3, context_length=16, exact_context=True, progress=False)
     assert sorted(set(batch.doc.tolist())) == [1, 3], "documents under 16 tokens are skipped, indices kept"
@@ -30,6 +31,7 @@ def test_exact_context_reads_the_official_128_after_bos(gemma):
     assert (batch.token != gemma.tokenizer.bos_token_id).all()
     plain = ep.token_activations(gemma, texts, 3, context_length=16, progress=False)
     assert int((plain.doc == 1).sum()) == 15, "without it, context_length counts BOS"
-    d = ep.build(gemma, itertools.cycle(texts), 3, calibration_docs=4, max_tokens=100, context_length=16,
-                 exact_context=True, batch_size=2, progress=False)
-    assert d.meta["config"]["exact_context"] and int(d.counts.sum()) == 96
+    wiki = [t for doc in ep.data.corpus(max_docs=12) for t in (doc, "Too short.")]
+    d = ep.build(gemma, wiki, 3, calibration_docs=4, max_tokens=100, context_length=16, exact_context=True,
+                 batch_size=2, percentile=10, progress=False)
+    assert d.meta["config"]["exact_context"] and int(d.counts.sum()) == 100
