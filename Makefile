@@ -2,6 +2,7 @@
 #   make tutorial   create .venv, then execute every notebook (executed copies land in outputs/)
 #   make test       create .venv, then run ruff and the test suite (unit tests + every notebook + the book)
 #   make book       render the executed notebooks, the guide and the glossary as a static site (build/book)
+#   make paper      every notebook at paper scale (GPU, internet, HF_TOKEN) -> outputs/paper_table.md
 # Data: the offline mirror in $EP_DATA_DIR when it names a folder (default: ../shared/data, if it exists);
 # otherwise every loader streams its upstream source.
 
@@ -15,7 +16,7 @@ export EP_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: tutorial test book lab lock clean
+.PHONY: tutorial test book lab lock clean paper
 
 # the exact tested set (requirements-lock.txt), then this package on top of it without touching it
 $(BIN)/.installed: pyproject.toml requirements-lock.txt
@@ -46,6 +47,12 @@ test: $(BIN)/.installed
 book: $(BIN)/.installed
 	@test -n "$$(ls $(OUT)/[0-9][0-9]_*.ipynb 2>/dev/null)" || $(MAKE) tutorial
 	$(BIN)/python docs/build_book.py $(OUT) build/book
+
+# every notebook at its paper-scale parameters (the paper: / paper scale: comments of its parameter cell), then
+# $(OUT)/paper_table.md: the paper's headline claims against this run. Needs one GPU, internet (the Pile, the hub;
+# the offline mirror is not used) and HF_TOKEN for the gated Gemma-2 models.
+paper: $(BIN)/.installed
+	env -u EP_DATA_DIR $(BIN)/python -m ep.show.paper_table --out $(OUT)/paper --table $(OUT)/paper_table.md
 
 lab: $(BIN)/.installed
 	$(BIN)/jupyter lab notebooks/
