@@ -122,6 +122,8 @@ def table(results_dir: Path) -> str:
         verdicts.append(record["verdict"])
         rows.append((headline["claim"], record.get("paper") or headline["paper"], measured, record["verdict"],
                      conditions))
+    for path in sorted(results_dir.glob("*.json")):  # a dry run is a run whose every recorded claim says so
+        verdicts += [c.get("verdict") for c in json.loads(path.read_text(encoding="utf-8")).get("claims") or []]
     dry = bool(verdicts) and all(v == "dry run" for v in verdicts)
     head = ["# The paper's headline claims, and this run", ""]
     head += (["**Dry run**: random weights at the paper's shapes; the verdicts say nothing about the paper.", ""]
