@@ -7,6 +7,7 @@ Every loader reads from one of two places:
 - otherwise the **upstream originals** (a Wikipedia dump on the Hugging Face hub, the
   ``andyrdt/refusal_direction`` splits on GitHub, ``pyvene/axbench-concept10`` on the hub), streamed.
 
+The Pile (``corpus("pile")``, the official builds' corpus) is upstream only.
 Two sources need neither: short lines in twelve languages come from the installed ``chatterbot-corpus``
 package (the mirror's copy is only a fallback), and code is the Python standard library's own source.
 """
