@@ -84,7 +84,8 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
     context_length=128, exact_context=True, max_tokens=1_000_000, saturation_window=1)``: the official
     ``build_partitions.py`` defaults (its 200k calibration tokens are 13 batches of 128 documents of 128 tokens).
     ``on_activations(batch)`` sees every streamed ``ActivationBatch`` (e.g. ``list.append``, to train an SAE on the
-    very tokens the dictionary was built from without a second forward pass). ``ep.Calibration.of(d)`` gives back the calibration.
+    very tokens the dictionary was built from without a second forward pass). ``ep.Calibration.of(d)`` gives back
+    the calibration.
     """
     texts = iter(texts)
     if exact_context:  # only texts that fill the context, for the calibration and the stream alike (official)
