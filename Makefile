@@ -7,6 +7,7 @@
 #   make book       render the executed notebooks, the guide and the glossary as a static site (build/book)
 #   make slides     the executed notebooks as reveal.js decks for the room (build/slides; SLIDES_LIBS=node_modules
 #                   for a room without internet, see docs/build_slides.py)
+#   make paper      every notebook at paper scale (GPU, internet, HF_TOKEN) -> outputs/paper_table.md
 # Data: the offline mirror in $EP_DATA_DIR when it names a folder (default: ../shared/data, if it exists);
 # otherwise every loader streams its upstream source.
 
@@ -20,7 +21,7 @@ export EP_DATA_DIR := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: tutorial test test-fast book slides lab lock clean
+.PHONY: tutorial test test-fast book slides lab lock clean paper
 
 # the exact tested set (requirements-lock.txt), then this package on top of it without touching it
 $(BIN)/.installed: pyproject.toml requirements-lock.txt
@@ -62,6 +63,12 @@ book: $(BIN)/.installed
 slides: $(BIN)/.installed
 	@test -n "$$(ls $(OUT)/[0-9][0-9]_*.ipynb 2>/dev/null)" || $(MAKE) tutorial
 	$(BIN)/python docs/build_slides.py $(OUT) build/slides $(if $(SLIDES_LIBS),--libs $(SLIDES_LIBS))
+
+# every notebook at its paper-scale parameters (the paper: / paper scale: comments of its parameter cell), then
+# $(OUT)/paper_table.md: the paper's headline claims against this run. Needs one GPU, internet (the Pile, the hub;
+# the offline mirror is not used) and HF_TOKEN for the gated Gemma-2 models.
+paper: $(BIN)/.installed
+	env -u EP_DATA_DIR $(BIN)/python -m ep.show.paper_table --out $(OUT)/paper --table $(OUT)/paper_table.md
 
 lab: $(BIN)/.installed
 	$(BIN)/jupyter lab notebooks/

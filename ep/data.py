@@ -7,6 +7,7 @@ Every loader reads from one of two places:
 - otherwise the **upstream originals** (a Wikipedia dump on the Hugging Face hub, the
   ``andyrdt/refusal_direction`` splits on GitHub, ``pyvene/axbench-concept10`` on the hub), streamed.
 
+The Pile (``corpus("pile")``, the official builds' corpus) is upstream only.
 Two sources need neither: short lines in twelve languages come from the installed ``chatterbot-corpus``
 package (the mirror's copy is only a fallback), and code is the Python standard library's own source.
 """
@@ -156,11 +157,25 @@ def _jsonl(path: Path) -> Iterator[dict]:
                 yield json.loads(line)
 
 
-def corpus(max_docs: int | None = None, skip: int = 0) -> Iterator[str]:
-    """English Wikipedia paragraphs, streamed one document at a time.
+def corpus(name: str = "wikipedia", max_docs: int | None = None, skip: int = 0,
+           seed: int | None = None) -> Iterator[str]:
+    """A text corpus streamed one document at a time: ``"wikipedia"`` (English paragraphs; the offline default)
+    or ``"pile"`` (the official builds' corpus, :func:`pile`; needs internet).
 
-    ``skip`` lets a notebook hold out the first documents (calibration) from the rest (build).
+    ``skip`` lets a notebook hold out the first documents (calibration) from the rest (build). ``seed`` draws
+    the documents after them in a seeded shuffle (a buffer of 10,000, as the official ``stream_batches``), so
+    another seed is another sample of the corpus; None keeps the source's order.
     """
+    if name == "pile":
+        docs = itertools.islice(pile(seed=0 if seed is None else seed), skip, None)
+        yield from itertools.islice(docs, max_docs)
+        return
+    if name != "wikipedia":
+        raise ValueError(f"unknown corpus {name!r}: 'wikipedia' or 'pile'")
+    if seed is not None:
+        docs = _shuffled(corpus(skip=skip), seed, PILE_SHUFFLE_BUFFER)
+        yield from itertools.islice(docs, max_docs)
+        return
     if data_dir():
         docs = (row["text"] for row in _jsonl(mirror_file("corpus/wiki_excerpt.jsonl")))
     else:
@@ -176,6 +191,40 @@ def corpus(max_docs: int | None = None, skip: int = 0) -> Iterator[str]:
 def refusal_url(split: str) -> str:
     """The upstream address of a refusal split: ``$EP_RAW_URL`` (default GitHub's raw files) + the pinned path."""
     return f"{os.environ.get(RAW_ENV, RAW_URL).rstrip('/')}/{REFUSAL_PATH.format(split=split)}"
+
+
+PILE_DATASET = "monology/pile-uncopyrighted"  # the official build_partitions.stream_batches' corpus
+PILE_SHUFFLE_BUFFER = 10_000  # its ds.shuffle(seed=seed, buffer_size=10000)
+PILE_MIN_CHARS = 200  # its min_chars: shorter texts are skipped before tokenizing
+
+
+def pile(seed: int = 0, min_chars: int = PILE_MIN_CHARS) -> Iterator[str]:
+    """The Pile (uncopyrighted) as the official ``scripts/build_partitions.py`` streams it (``stream_batches``):
+    a seeded shuffle with a buffer of 10,000 documents, texts under ``min_chars`` characters skipped. The
+    official stream also keeps only documents of at least 128 tokens and reads their first 128 tokens after BOS:
+    that needs the tokenizer, so the extractor does it (``ep.build(..., exact_context=True)``). Upstream only."""
+    from datasets import load_dataset
+
+    stream = _online("the Pile", lambda: load_dataset(PILE_DATASET, split="train", streaming=True),
+                     instead="use the offline default, ep.data.corpus('wikipedia')")
+    stream = stream.shuffle(seed=seed, buffer_size=PILE_SHUFFLE_BUFFER)
+    yield from (row["text"] for row in stream if len(row.get("text") or "") >= min_chars)
+
+
+def _shuffled(docs: Iterator[str], seed: int, buffer_size: int) -> Iterator[str]:
+    """A buffered shuffle (the hub's streaming ``shuffle``): fill a buffer, emit a random slot, refill it."""
+    import random
+
+    rng, buffer = random.Random(seed), []
+    for doc in docs:
+        if len(buffer) < buffer_size:
+            buffer.append(doc)
+            continue
+        i = rng.randrange(buffer_size)
+        yield buffer[i]
+        buffer[i] = doc
+    rng.shuffle(buffer)
+    yield from buffer
 
 
 def instructions(split: str) -> list[str]:

@@ -9,6 +9,7 @@ assert still runs. Notebooks not listed here cannot run this way (each says why 
 dictionaries are the published stand-ins of a real model), 04 (a random model never refuses, so no region passes
 the candidate rule), 05 (its LoRA sibling needs a base model that answers few-shot prompts). 08's dry run
 (max_tokens 6000, 2 prompts) had not finished after ~13 min on the shared 2-core machine: too slow for CI as is.
+The last test assembles ``make paper``'s table (``ep.show.paper_table``) from these runs' results: it says "dry run".
 """
 
 from pathlib import Path
@@ -75,14 +76,43 @@ def test_the_tiny_checkpoint_loads_like_a_hub_id(tiny_gemma2):
     assert acts.shape[1] == 64
 
 
-@pytest.mark.notebook
-@pytest.mark.parametrize("name", sorted(DRY_RUNS))
-def test_notebook_runs_with_paper_structure(hub_cache, name, tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def dry_run_dir(tmp_path_factory):
+    """One folder for every dry run of this module: the executed notebooks and results/ (the table reads it)."""
+    return tmp_path_factory.mktemp("dry-run")
+
+
+def _dry_run(name, hub_cache, out, monkeypatch):
     for key, value in hub_cache.items():  # the kernel inherits them
         monkeypatch.setenv(key, value)
     path = REPO / "notebooks" / f"{name}.ipynb"
     parameters = {"model_name": HUB_ID, "layer": 20, "check_claims": False,
-                  "results_dir": str(tmp_path / "results"), **DRY_RUNS[name]}
-    papermill.execute_notebook(str(path), str(tmp_path / path.name), cwd=str(path.parent), parameters=parameters,
+                  "results_dir": str(out / "results"), **DRY_RUNS[name]}
+    papermill.execute_notebook(str(path), str(out / path.name), cwd=str(path.parent), parameters=parameters,
                                progress_bar=False)
-    assert (tmp_path / "results" / f"{name}.json").exists()
+    assert (out / "results" / f"{name}.json").exists()
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("name", sorted(DRY_RUNS))
+def test_notebook_runs_with_paper_structure(hub_cache, name, dry_run_dir, monkeypatch):
+    _dry_run(name, hub_cache, dry_run_dir, monkeypatch)
+
+
+@pytest.mark.notebook
+def test_make_paper_table_from_the_dry_run(hub_cache, dry_run_dir, monkeypatch):
+    """The table make paper writes, from the dry runs above (run here only those not run yet): it says dry run."""
+    import json
+
+    from ep.show import paper_table
+
+    for name in sorted(DRY_RUNS):
+        if not (dry_run_dir / "results" / f"{name}.json").exists():
+            _dry_run(name, hub_cache, dry_run_dir, monkeypatch)
+    md = paper_table.table(dry_run_dir / "results")
+    assert "**Dry run**" in md
+    rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| claim")]
+    assert len(rows) == len(paper_table.HEADLINES)
+    records = [c for name in DRY_RUNS for c in json.loads((dry_run_dir / "results" / f"{name}.json").read_text())
+               .get("claims", [])]
+    assert records and all(c["verdict"] == "dry run" for c in records), "check_claims=False: every verdict a dry run"

@@ -55,13 +55,35 @@ def test_resolution_parents_nest():
     assert share.tolist() == pytest.approx([1.0, 2 / 3, 1.0, 1.0, 0.0])
 
 
-def test_saturation_stop_rule():
-    assert S.saturation_stop(np.array([5, 9, 9, 9, 10, 10, 10, 10]), window=3) == 7
-    assert S.saturation_stop(np.array([5, 9, 12]), window=1) is None
+def test_saturation_stop_counts_batches_of_documents():
+    from ep.method.builder import saturation_stop
+
+    # one point per batch of 128 documents: stop after `window` quiet batches
+    docs = np.arange(1, 9) * 128
+    assert saturation_stop(docs, [5, 9, 9, 9, 10, 10, 10, 10], window=3) == 7
+    assert saturation_stop(docs[:3], [5, 9, 12], window=1) is None
+    assert saturation_stop(docs[:3], [5, 9, 9], window=1) == 2
+    # points every 16 documents: quiet within a batch of 128 is not quiet; only whole batches count
+    fine = np.arange(1, 25) * 16                         # 3 batches of 128
+    regions = np.r_[np.arange(1, 9), np.full(8, 8), np.full(8, 9)]
+    assert saturation_stop(fine, regions, window=1) == 15  # batch 2 (points 8..15) added nothing
+    assert saturation_stop(fine, regions, window=1, docs_per_batch=16) == 8
+    with pytest.raises(ValueError):
+        saturation_stop([100, 300], [3, 4])                # no point at 128 documents
+
+
+def test_the_builder_stops_where_saturation_stop_says():
+    from ep.method.builder import saturation_stop
+
     b = _stream()
     batches = S.by_documents(b, docs_per_batch=4)
-    assert len(batches) == 8 and all(len(torch.unique(x.doc)) <= 4 for x in batches)
-    tokens, curve = S.new_regions_curve(batches, _cal(b))
-    assert tokens[-1] == len(b) and len(curve) == 8 and np.all(np.diff(curve) >= 0)
+    docs, tokens, curve = S.new_regions_curve(batches, _cal(b))
+    assert docs[-1] == len(torch.unique(b.doc)) and tokens[-1] == len(b) and len(curve) == 8
+    assert np.all(np.diff(curve) >= 0)
     full = build_dictionary([b], _cal(b), progress=False, n_samples=0)
     assert curve[-1] == len(full)
+    repeated = batches[:2] + [batches[1]] * 3  # the second batch again: nothing new
+    docs, tokens, curve = S.new_regions_curve(repeated, _cal(b))
+    stop = saturation_stop(np.arange(1, 6) * 4, curve, window=2, docs_per_batch=4)
+    stopped = build_dictionary(repeated, _cal(b), progress=False, n_samples=0, saturation_window=2)
+    assert stop is not None and stopped.meta["saturated_after_tokens"] == tokens[stop]

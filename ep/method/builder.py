@@ -12,7 +12,8 @@ members nearest to and farthest from the exemplar, so a notebook can show what a
 Long builds survive: ``build_dictionary(..., checkpoint=path, checkpoint_every=N)`` writes the whole
 state atomically every N tokens; run the same call again after a crash (a Colab session that died) and
 it skips the tokens already streamed and continues, to a byte-identical dictionary. The official
-builder's saturation stop (no new region for W consecutive batches) is there too, off by default.
+builder's saturation stop (no new region for W consecutive batches) is there too, off by default, and
+``saturation_stop`` reads the same rule off a build's curve, counted in the official's batches of 128 documents.
 """
 
 from __future__ import annotations
@@ -254,6 +255,37 @@ class DictionaryBuilder:
         import warnings
         warnings.warn("DictionaryBuilder.finish() is now snapshot()", DeprecationWarning, stacklevel=2)
         return self.snapshot()
+
+
+OFFICIAL_BATCH_DOCS = 128  # texts per batch of the official builder, the unit of its stop rule
+#                            (scripts/build_partitions.py build_dictionary: prompt_batch_size = --model-batch-size 128)
+
+
+def saturation_stop(docs, regions, window: int = 1, docs_per_batch: int = OFFICIAL_BATCH_DOCS) -> int | None:
+    """Where the official stop rule ends a build, read off the build's curve; None if it never fires.
+
+    docs[i], regions[i]: documents streamed and regions after the i-th point of the curve (recorded at least
+    every ``docs_per_batch`` documents). The curve is regrouped into batches of ``docs_per_batch`` whole documents,
+    the official's batch, and the rule of the official ``discover`` (ep/discovery/pipeline.py: stop once
+    ``saturation_window`` consecutive batches bring no new region; ``build_dictionary`` defaults it to 1) stops
+    after the first ``window`` quiet batches in a row. Returns the index of the curve point that ends that batch;
+    a final, partial batch never counts. ``build_dictionary(saturation_window=W)`` applies the same rule to the
+    batches it is given: give it batches of ``docs_per_batch`` documents (``ep.build(batch_size=128)``).
+    """
+    docs, regions = np.asarray(docs, dtype=np.int64), np.asarray(regions, dtype=np.int64)
+    if window < 1 or docs_per_batch < 1 or docs.shape != regions.shape:
+        raise ValueError("need window >= 1, docs_per_batch >= 1 and one region count per point")
+    ends = np.flatnonzero((docs % docs_per_batch == 0) & (docs > 0))
+    ends = ends[np.r_[True, docs[ends][1:] != docs[ends][:-1]]] if len(ends) else ends  # first point per boundary
+    expected = np.arange(1, (docs.max(initial=0) // docs_per_batch) + 1) * docs_per_batch
+    if not np.array_equal(docs[ends], expected):
+        raise ValueError(f"the curve must have a point at every multiple of {docs_per_batch} documents")
+    quiet = 0
+    for batch, new in enumerate(np.diff(np.r_[0, regions[ends]])):
+        quiet = quiet + 1 if new == 0 else 0
+        if quiet >= window:
+            return int(ends[batch])
+    return None
 
 
 def _skip(batches: Iterable, n: int):

@@ -60,12 +60,15 @@ def _check_layer(model, layer: int) -> None:
         raise ValueError(f"layer {layer} is out of range: this model has layers 0..{n_layers - 1}")
 
 
-def _batches(texts: Iterable[str], batch_size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for i, text in enumerate(texts):
+def _batches(texts: Iterable[str] | Iterable[tuple[int, str]], batch_size: int) -> Iterator[list]:
+    """Lists of batch_size items: texts, or (index, text) pairs (each text checked to be a str)."""
+    batch: list = []
+    for i, item in enumerate(texts):
+        text = item[1] if isinstance(item, tuple) else item
         if not isinstance(text, str):
-            raise TypeError(f"document {i} is a {type(text).__name__}, not a str")
-        batch.append(text)
+            raise TypeError(f"document {item[0] if isinstance(item, tuple) else i} is a {type(text).__name__}, "
+                            "not a str")
+        batch.append(item)
         if len(batch) == batch_size:
             yield batch
             batch = []
@@ -97,24 +100,40 @@ def layer_output(model, texts: list[str], layer: int, context_length: int = 128,
     return hidden.float().cpu(), enc["input_ids"], mask.bool()
 
 
+def long_enough(tokenizer, texts: Iterable[str], n_tokens: int) -> Iterator[tuple[int, str]]:
+    """(index, text) of the texts with at least ``n_tokens`` tokens, special tokens not counted: the official
+    ``stream_batches`` keeps only those, so that every document gives the same number of activations."""
+    for i, text in enumerate(texts):
+        ids = tokenizer(text, add_special_tokens=False, truncation=True, max_length=n_tokens)["input_ids"]
+        if len(ids) >= n_tokens:
+            yield i, text
+
+
 def iter_token_activations(
     model, texts: Iterable[str], layer: int, *, context_length: int = 128, batch_size: int = 16,
     max_tokens: int | None = None, progress: bool = True, desc: str = "activations", remote: bool | str = False,
+    exact_context: bool = False,
 ) -> Iterator[ActivationBatch]:
     """Per-token activations of every real token (BOS and padding excluded), batch by batch.
 
+    ``context_length`` counts the tokens of a text with its BOS; ``exact_context=True`` counts as the official
+    code does (``stream_batches`` + ``extract_per_position``): ``context_length`` activations *after* BOS from
+    every text, and texts shorter than that are skipped (their document indices stay unused).
     ``remote=True`` runs each batch's forward on NDIF (an API key is needed: ``docs/remote.md``).
     """
-    bos = model.tokenizer.bos_token_id
-    seen, first_doc = 0, 0
+    tokenizer = model.tokenizer
+    bos = tokenizer.bos_token_id
+    indexed = (long_enough(tokenizer, texts, context_length) if exact_context else enumerate(texts))
+    length = context_length + (tokenizer.num_special_tokens_to_add() if exact_context else 0)
+    seen = 0
     bar = tqdm(total=max_tokens, desc=desc, unit="tok", disable=not progress)
-    for batch in _batches(texts, batch_size):
-        hidden, ids, mask = layer_output(model, batch, layer, context_length, remote=remote)
+    for pairs in _batches(indexed, batch_size):
+        index, batch = torch.tensor([i for i, _ in pairs]), [t for _, t in pairs]
+        hidden, ids, mask = layer_output(model, batch, layer, length, remote=remote)
         keep = mask & (ids != bos) if bos is not None else mask
         rows, cols = keep.nonzero(as_tuple=True)
         positions = mask.cumsum(-1) - 1  # position within the text, whatever the padding side
-        out = ActivationBatch(hidden[rows, cols], rows + first_doc, positions[rows, cols], ids[rows, cols])
-        first_doc += len(batch)
+        out = ActivationBatch(hidden[rows, cols], index[rows], positions[rows, cols], ids[rows, cols])
         if max_tokens is not None and seen + len(out) >= max_tokens:
             out = ActivationBatch(*(t[: max_tokens - seen] for t in (out.acts, out.doc, out.pos, out.token)))
         seen += len(out)

@@ -31,7 +31,7 @@ from ..method.builder import build_dictionary
 from ..method.calibration import Calibration, cached_calibration, calibrate
 from ..method.dictionary import Dictionary
 from ..show.display import Contexts
-from .activations import iter_token_activations, token_activations
+from .activations import iter_token_activations, long_enough, token_activations
 from .loading import cache_dir
 
 
@@ -46,11 +46,13 @@ class BuildConfig:
     calibration_docs: int = 100  # texts used only for the centre and θ (the paper: ~200k tokens)
     docs_per_batch: int = 128    # θ: mean over batches of this many whole calibration texts (the paper's CLI)
     max_tokens: int | None = 20_000  # tokens streamed into the build (the paper: 10M)
-    context_length: int = 64     # tokens per text, BOS included (the paper: 128)
+    context_length: int = 64     # tokens per text, BOS included (the paper: 128 after BOS, see exact_context)
     batch_size: int = 16         # texts per forward pass
     seed: int = 0
     n_samples: int = 8           # nearest and farthest members kept per region
-    saturation_window: int | None = None  # stop after this many batches without a new region (None: never)
+    saturation_window: int | None = None  # stop after this many batches of batch_size texts without a new region
+    #                                       (None: never; the official: 1 batch of 128 texts)
+    exact_context: bool = False  # True: context_length activations after BOS, shorter texts skipped (the official)
     data_source: str = field(default_factory=source)  # the offline mirror or upstream (ep.data.source)
     ep_version: str = __version__
 
@@ -66,8 +68,8 @@ def model_fingerprint(model) -> str:
 def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, calibration_docs: int = 100,
           docs_per_batch: int = 128, max_tokens: int | None = 20_000, context_length: int = 64,
           batch_size: int = 16, seed: int = 0, n_samples: int = 8, checkpoint=None,
-          saturation_window: int | None = None, on_batch=None, on_activations=None,
-          progress: bool = True) -> Dictionary:
+          saturation_window: int | None = None, exact_context: bool = False, on_batch=None,
+          on_activations=None, progress: bool = True) -> Dictionary:
     """Calibrate on the first ``calibration_docs`` texts, stream the rest through leader clustering -> Dictionary.
 
     θ follows the paper's protocol: the mean over batches of ``docs_per_batch`` whole calibration texts, in
@@ -75,11 +77,19 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
     ``texts`` is any iterable of strings (``ep.data.corpus()`` streams Wikipedia); document indices in the
     dictionary's contexts count from the first *streamed* text. ``checkpoint`` makes a long build resumable
     (see ``ep.build_dictionary``), as do ``saturation_window`` (the official stop rule: no new region in that
-    many batches) and ``on_batch(tokens, regions)``. ``on_activations(batch)`` sees every streamed
-    ``ActivationBatch`` (e.g. ``list.append``, to train an SAE on the very tokens the dictionary was built from
-    without a second forward pass). ``ep.Calibration.of(d)`` gives back the calibration.
+    many batches of ``batch_size`` texts; the official batch is 128 texts) and ``on_batch(tokens, regions)``.
+    ``exact_context=True`` reads each text as the official builder does: ``context_length`` activations after
+    BOS, texts shorter than that skipped (``ep.iter_token_activations``); the paper-scale build is
+    ``ep.build(model, ep.data.corpus("pile"), layer, percentile=10, calibration_docs=1_664, batch_size=128,
+    context_length=128, exact_context=True, max_tokens=1_000_000, saturation_window=1)``: the official
+    ``build_partitions.py`` defaults (its 200k calibration tokens are 13 batches of 128 documents of 128 tokens).
+    ``on_activations(batch)`` sees every streamed ``ActivationBatch`` (e.g. ``list.append``, to train an SAE on the
+    very tokens the dictionary was built from without a second forward pass). ``ep.Calibration.of(d)`` gives back
+    the calibration.
     """
     texts = iter(texts)
+    if exact_context:  # only texts that fill the context, for the calibration and the stream alike (official)
+        texts = (text for _, text in long_enough(model.tokenizer, texts, context_length))
     calibration_texts = list(itertools.islice(texts, calibration_docs))
     if len(calibration_texts) < 2:
         raise ValueError(f"need at least 2 calibration texts, got {len(calibration_texts)}")
@@ -88,8 +98,9 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
                          percentile=float(percentile), calibration_docs=len(calibration_texts),
                          docs_per_batch=int(docs_per_batch), max_tokens=max_tokens,
                          context_length=context_length, batch_size=batch_size, seed=seed, n_samples=n_samples,
-                         saturation_window=saturation_window)
-    extract = dict(context_length=context_length, batch_size=batch_size, progress=progress)
+                         saturation_window=saturation_window, exact_context=bool(exact_context))
+    extract = dict(context_length=context_length, batch_size=batch_size, progress=progress,
+                   exact_context=bool(exact_context))
     key = {**asdict(config), "max_tokens": None, "n_samples": None, "ep_version": None,  # not what θ depends on
            "saturation_window": None,
            "texts": hashlib.sha256("\x00".join(calibration_texts).encode()).hexdigest(), "extractor": "token",
@@ -111,7 +122,8 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
     dictionary = build_dictionary(stream, calibration, n_samples=n_samples, progress=progress, meta=meta,
                                   checkpoint=checkpoint, saturation_window=saturation_window, on_batch=on_batch)
     dictionary.meta["texts_read"] = len(calibration_texts) + len(streamed)  # held-out text starts after these
-    return dictionary.with_contexts(_lookup(model.tokenizer, streamed, dictionary, context_length))
+    length = context_length + (model.tokenizer.num_special_tokens_to_add() if exact_context else 0)
+    return dictionary.with_contexts(_lookup(model.tokenizer, streamed, dictionary, length))
 
 
 def _lookup(tokenizer, texts: list[str], dictionary: Dictionary, context_length: int):

@@ -3,7 +3,10 @@
 Leader clustering is order-dependent: the first token of a kind to arrive founds its region. So the
 same tokens streamed in another order give another exemplar set. What survives?
 
-- :func:`build_in_orders`: one dictionary per document order of the same tokens (documents stay whole);
+- seeds as the official ``exp_seed_stability.py`` has them: a seed is a new seeded shuffle of the corpus, so each
+  seed's dictionary is built on other documents (the notebook draws them with ``ep.data.corpus(seed=s)``);
+- :func:`build_in_orders`: one dictionary per document order of the same tokens (documents stay whole), the
+  gentler control: only the order changes;
 - :func:`pair_cosines`: Hungarian-match two dictionaries' regions (by mean-member direction, as the
   official ``exp_seed_stability.py`` does) and report the matched cosine in both bases — the mean
   directions are averages over many members, the exemplars single samples;
@@ -11,8 +14,8 @@ same tokens streamed in another order give another exemplar set. What survives?
   (official ``exp_per_region_stability.py``), to set against its size and coherence;
 - :func:`resolution_parents`: dictionaries at several p on one stream; each finer region's parent is the
   coarser region that holds most of its members — a tree from broad regions to sub-meanings;
-- :func:`new_regions_curve` and :func:`saturation_stop`: region count against tokens streamed and where the
-  official stop rule ("no new region for W consecutive batches") would fire.
+- :func:`new_regions_curve`: documents, tokens and regions after each batch, for ``ep.method.builder.saturation_stop``
+  (where the official stop rule, "no new region for W consecutive batches of 128 documents", would fire).
 """
 
 from __future__ import annotations
@@ -94,22 +97,12 @@ def resolution_parents(fine_ids: np.ndarray, coarse_ids: np.ndarray, n_fine: int
     return parent, share
 
 
-def new_regions_curve(batches: list[ActivationBatch], calibration: Calibration) -> tuple[np.ndarray, np.ndarray]:
-    """Tokens streamed and region count after each batch: ([n_batches], [n_batches]) int."""
+def new_regions_curve(batches: list[ActivationBatch],
+                      calibration: Calibration) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Documents streamed, tokens streamed and region count after each batch: three [n_batches] int arrays."""
     seen: list[tuple[int, int]] = []
     build_dictionary(batches, calibration, n_samples=0, progress=False,
                      on_batch=lambda tokens, regions: seen.append((tokens, regions)))
     tokens, regions = zip(*seen)
-    return np.asarray(tokens), np.asarray(regions)
-
-
-def saturation_stop(region_counts: np.ndarray, window: int) -> int | None:
-    """Index of the batch after which the official rule stops (``window`` consecutive batches without a new
-    region), or None if it never fires on this stream."""
-    new = np.diff(np.r_[0, region_counts])
-    quiet = 0
-    for i, n in enumerate(new):
-        quiet = quiet + 1 if n == 0 else 0
-        if quiet >= window:
-            return i
-    return None
+    docs = np.cumsum([len(torch.unique(b.doc)) for b in batches])
+    return docs, np.asarray(tokens), np.asarray(regions)
