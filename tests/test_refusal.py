@@ -249,8 +249,13 @@ def test_percentile_regions_gives_three_bases_or_a_reason():
     for basis in R.BASES:
         assert found["bases"][basis]["top"].shape == (len(found["top"]), acts.shape[1])
     assert torch.equal(found["bases"]["exemplar"]["top"], found["dictionary"].exemplars[found["top"]])
+    assert torch.equal(found["bases"]["mean"]["null"], found["dictionary"].mean_directions[found["null"]])
     none = R.percentile_regions(tokens, acts, np.zeros(len(acts), bool), harmful, 10.0, docs_per_batch=4)
     assert none["top"] == [] and none["bases"] is None and "refusal rate" in none["reason"]
+    no_null = R.percentile_regions(tokens, acts, refused, harmful, 10.0, docs_per_batch=4, null_max_rate=-1.0)
+    assert no_null["top"] == found["top"] and no_null["null"] is None and "null" in no_null["reason"]
+    assert no_null["bases"]["exemplar"]["null"] is None
+    assert no_null["bases"]["mean"]["top"].shape[0] == len(found["top"])
 
 
 # -- rates that say when the model broke ---------------------------------------
@@ -293,8 +298,23 @@ def test_choose_percentile_uses_build_rates_and_skips_broken_conditions():
     baseline = (0.6, 0.0)
     candidates = {5.0: (0.4, 0.0), 8.0: (0.0, 0.7), 10.0: (0.3, 0.05), 12.0: (0.3, 0.1)}
     assert R.choose_percentile(candidates, baseline) == 10.0  # 8 is broken; 10 and 12 tie: the lower p
+    assert R.choose_percentile(candidates, baseline, prefer={12.0: 0.5, 10.0: 0.4}) == 12.0  # the purer region
     assert R.choose_percentile({8.0: (0.0, 0.7)}, baseline) is None
     assert R.choose_percentile({}, baseline) is None
+
+
+def test_paired_p_value():
+    a = np.array([True] * 10 + [False] * 10)
+    assert R.paired_p_value(a, a) == 1.0  # no discordant prompt: no evidence
+    b = a.copy()
+    b[:8] = False  # 8 prompts refused under a only
+    assert R.paired_p_value(a, b) == pytest.approx(2 / 2 ** 8)
+    assert R.paired_p_value(a, b) == R.paired_p_value(b, a)
+    c = a.copy()
+    c[:3], c[10:12] = False, True  # 3 one way, 2 the other: no evidence of a difference
+    assert R.paired_p_value(a, c) == 1.0
+    with pytest.raises(ValueError):
+        R.paired_p_value(a, a[:5])
 
 
 # -- templating and generation (real models) -------------------------------------

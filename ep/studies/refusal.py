@@ -149,6 +149,31 @@ def generate(model, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_s
     return Generations(list(prompts), out.texts(model.tokenizer), out.final_acts, out.last_token, out.length)
 
 
+class Runs:
+    """:func:`generate` on one prompt set, once per distinct edit (``None``: no edit).
+
+    A sweep asks for the same edit more than once: the token that tops the dictionary at one percentile often
+    tops it at the next (an exemplar is an observed token, and the earliest tokens of the stream open regions at
+    every θ). An edit with a ``key()`` (``ep.model.interventions.Ablation``) already generated is not run again.
+
+    >>> held_out = Runs(model, prompts, max_new_tokens=6)  # doctest: +SKIP
+    >>> held_out(Ablation(e, (20,), centre), desc="exemplar")  # doctest: +SKIP
+    """
+
+    def __init__(self, model, prompts: Sequence[str], **generate_kwargs):
+        self.model, self.prompts, self.kwargs = model, list(prompts), generate_kwargs
+        self.done: dict = {}
+        self.reused = 0
+
+    def __call__(self, edit: Edit | None = None, desc: str = "generate") -> Generations:
+        key = None if edit is None else edit.key()
+        if key in self.done:
+            self.reused += 1
+        else:
+            self.done[key] = generate(self.model, self.prompts, edit=edit, desc=desc, **self.kwargs)
+        return self.done[key]
+
+
 # -----------------------------------------------------------------------------
 # regions of a dictionary, scored by how often their members are refused
 
@@ -409,24 +434,33 @@ def percentile_regions(tokens: ActivationBatch, final_acts: torch.Tensor, refuse
 
     Calibrates (whole prompts, ``docs_per_batch`` per batch) and builds a dictionary on all ``tokens``,
     assigns the build prompts' final positions [N, d] and picks candidates and the matched null
-    (:func:`score_regions`). Returns ``percentile``, ``dictionary``, ``n_regions``, ``table``, ``top``,
-    ``null`` and ``bases``: per basis in :data:`BASES` the [k, d] directions of ``top`` and the [d]
-    direction of the null. When no region passes the candidate rule (or none is a null), ``top`` is empty,
-    ``bases`` is ``None`` and ``reason`` says why: a finding at that p, not an error.
+    (as :func:`score_regions`). Returns ``percentile``, ``dictionary``, ``n_regions``, ``table``, ``regions``
+    [N], ``top``, ``null`` and ``bases``: per basis in :data:`BASES` the [k, d] directions of ``top`` and the
+    [d] direction of the null. When no region passes the candidate rule, ``top`` is empty, ``bases`` is
+    ``None`` and ``reason`` says why; when no region qualifies as a null, ``null`` and the bases' nulls are
+    ``None`` and ``reason`` says why. Both are findings at that p, not errors.
     """
     calibration = calibrate(tokens, percentile, docs_per_batch=docs_per_batch)
     dictionary = build_dictionary([tokens], calibration, progress=False)
     out = {"percentile": float(percentile), "dictionary": dictionary, "n_regions": len(dictionary)}
+    regions = dictionary.assign(final_acts)[0]
+    table = region_table(regions, refused, harmful, len(dictionary), min_members)
     try:
-        found = score_regions(dictionary, final_acts, refused, harmful, k=k, min_members=min_members,
-                              min_rate=min_rate, null_max_rate=null_max_rate)
+        top = refusal_regions(table, k, min_rate)
     except ValueError as err:
-        return {**out, "table": None, "top": [], "null": None, "bases": None, "reason": str(err)}
-    top, null = found["top"], found["null"]
-    reanchored = reanchored_exemplars(dictionary, tokens.acts, [*top, null], seed=seed)
-    bases = {**found["bases"], "exemplar_reanchored": {"top": reanchored[:-1], "null": reanchored[-1]}}
-    return {**out, "table": found["table"], "regions": found["regions"], "top": top, "null": null,
-            "bases": bases, "reason": ""}
+        return {**out, "table": table, "regions": regions, "top": [], "null": None, "bases": None, "reason": str(err)}
+    candidates = table[table["score"].notna() & (table["refusal_rate"] >= min_rate)]["region"].tolist()
+    try:  # the official script ablates the top regions even when no region qualifies as a null
+        null, reason = matched_null(table, dictionary, top[0], min_members=min_members, max_rate=null_max_rate,
+                                    exclude=candidates), ""
+    except ValueError as err:
+        null, reason = None, str(err)
+    picked = [*top] if null is None else [*top, null]
+    directions = {"exemplar": dictionary.exemplars[picked], "mean": dictionary.mean_directions[picked],
+                  "exemplar_reanchored": reanchored_exemplars(dictionary, tokens.acts, picked, seed=seed)}
+    bases = {name: {"top": dirs[:len(top)], "null": None if null is None else dirs[-1]}
+             for name, dirs in directions.items()}
+    return {**out, "table": table, "regions": regions, "top": top, "null": null, "bases": bases, "reason": reason}
 
 
 # -----------------------------------------------------------------------------
@@ -485,12 +519,34 @@ def with_effect(rates: dict, baseline: dict) -> dict:
             "effect": verdict}
 
 
-def choose_percentile(candidates: dict[float, tuple[float, float]], baseline: tuple[float, float]) -> float | None:
+def choose_percentile(candidates: dict[float, tuple[float, float]], baseline: tuple[float, float],
+                      prefer: dict[float, float] | None = None) -> float | None:
     """The percentile whose ablation lowers **build** refusal most without breaking the model.
 
     ``candidates``: p -> (refusal rate, degenerate share) of the build harmful prompts under the ablation;
     ``baseline``: the same without it. Held-out prompts choose nothing. Broken conditions
-    (:func:`is_broken`) are out; ties go to the lower p. ``None`` when every condition is broken (or none ran).
+    (:func:`is_broken`) are out. Ties (the same exemplar often tops the dictionaries of several p) go to the
+    larger ``prefer[p]`` (e.g. the top region's member refusal rate on build prompts), then to the lower p.
+    ``None`` when every condition is broken (or none ran).
     """
+    prefer = prefer or {}
     ok = {p: rate for p, (rate, degenerate) in candidates.items() if not is_broken(degenerate, baseline[1])}
-    return min(ok, key=lambda p: (ok[p], p)) if ok else None
+    return min(ok, key=lambda p: (ok[p], -prefer.get(p, 0.0), p)) if ok else None
+
+
+def paired_p_value(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided exact McNemar test: could two conditions on the same prompts refuse equally often?
+
+    ``a``, ``b`` [N] bool labels of the same prompts. Only the discordant prompts (refused under one condition,
+    not the other) carry information; under the null hypothesis each is equally likely to go either way.
+    """
+    from math import comb
+
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError("a and b must label the same prompts")
+    only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n)
