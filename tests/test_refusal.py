@@ -388,6 +388,17 @@ def test_ablation_takes_effect(gemma):
     assert R.generate(model, TEXTS, max_new_tokens=4, edit=strong, progress=False).completions != base.completions
 
 
+def test_runs_generate_once_per_distinct_edit(gemma):
+    model, info = gemma
+    runs = R.Runs(model, TEXTS[:2], max_new_tokens=3, progress=False)
+    e = torch.randn(info.d_model, generator=torch.Generator().manual_seed(1))
+    first = runs(I.Ablation(e, (4,)))
+    assert runs(I.Ablation(2 * e, (4,))) is first and runs.reused == 1  # the same edit: not generated again
+    assert runs(I.Ablation(e, (5,))) is not first and runs(None) is runs(None)
+    assert len(runs.done) == 3 and runs.reused == 2
+    assert runs(None).completions == R.generate(model, TEXTS[:2], max_new_tokens=3, progress=False).completions
+
+
 @pytest.fixture(scope="module")
 def qwen():
     return ep.load_model("qwen2.5-coder-0.5b-instruct")

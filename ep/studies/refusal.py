@@ -247,7 +247,7 @@ def null_regions(table, size: int, k: int, exclude: Sequence[int] = (), **kwargs
 def layer_regions(build: Generations, harmful: np.ndarray, layer: int, percentile: float, *, min_members: int = 5,
                   seed: int = 0, null_kind: str = "mean", null_max_rate: float = 0.2,
                   null_max_cos: float = 0.3, refused: np.ndarray | None = None) -> dict:
-    """One layer's regions on a final-position dictionary (notebook 04's earlier protocol; the robustness study).
+    """One layer's regions on a final-position dictionary (the protocol of benchmarks/refusal_robustness.py).
 
     ``refused`` [N] overrides ``build.refused`` (e.g. labels made with another phrase list).
 
