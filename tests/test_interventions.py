@@ -121,3 +121,12 @@ def test_ablation_grid():
     assert all(ab.layers == (4,) for ab in grid.values())
     with pytest.raises(ValueError, match="removal"):
         I.ablation_grid({"a": e}, 4, torch.ones(D), removals=("sideways",))
+
+
+def test_ablation_key_names_equal_edits():
+    e, c = unit(torch.randn(D)), torch.randn(D)
+    a = I.Ablation(e, (3,), c)
+    assert a.key() == I.Ablation(e.clone() * 2, (3,), c.clone()).key()  # same span, same centre
+    assert a.key() != I.Ablation(e, (3,)).key() != I.Ablation(e, (4,), c).key()
+    assert a.key() != I.Ablation(-unit(torch.randn(D)), (3,), c).key()
+    assert {a.key(): 1}[I.Ablation(e, (3,), c).key()] == 1  # hashable

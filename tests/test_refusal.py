@@ -180,6 +180,143 @@ def test_matched_null_is_nearest_in_log_count_and_coherence():
         R.matched_null(table, dictionary, top, exclude=quiet)
 
 
+def token_stream(n_docs=12, seed=0):
+    """Synthetic build tokens: 4 clusters, each document's rows in one cluster, 3-6 rows per document."""
+    g = torch.Generator().manual_seed(seed)
+    d = 16
+    centres = torch.nn.functional.normalize(torch.randn(4, d, generator=g), dim=1)
+    rows = []
+    for doc in range(n_docs):
+        n = 3 + doc % 4
+        acts = 5 * centres[doc % 4] + 0.6 * torch.randn(n, d, generator=g)
+        rows.append(ep.ActivationBatch(acts, torch.full((n,), doc), torch.arange(1, n + 1),
+                                       torch.zeros(n, dtype=torch.int64)))
+    return ep.ActivationBatch.cat(rows)
+
+
+def test_stream_reorders_whole_documents():
+    tokens = token_stream()
+    order = np.random.default_rng(1).permutation(12)
+    s = R.stream(tokens, order)
+    assert torch.unique_consecutive(s.doc).tolist() == order.tolist()
+    for doc in range(12):
+        assert torch.equal(s.acts[s.doc == doc], tokens.acts[tokens.doc == doc])  # rows in position order
+    assert torch.equal(R.stream(s, np.arange(12)).acts, tokens.acts)
+    with pytest.raises(ValueError, match="permutation"):
+        R.stream(tokens, [0, 1, 2])
+
+
+def test_arrival_regions_replay_the_build():
+    tokens = R.stream(token_stream(), np.random.default_rng(2).permutation(12))
+    calibration = ep.calibrate(tokens, 5.0, docs_per_batch=4)
+    dictionary = ep.build_dictionary([tokens], calibration, progress=False)
+    assert len(dictionary) > 4  # several regions per cluster: arrival and Voronoi cells differ
+    arrival = R.arrival_regions(dictionary, tokens.acts, chunk=7)
+    assert np.bincount(arrival, minlength=len(dictionary)).tolist() == dictionary.counts.tolist()
+    assert (arrival[dictionary.exemplar_index.numpy()] == np.arange(len(dictionary))).all()  # exemplars open theirs
+    u = dictionary.directions(tokens.acts)
+    for k in range(len(dictionary)):  # the mean direction is the mean of the replayed members
+        mean = u[torch.as_tensor(arrival == k)].double().sum(0)
+        assert I.cosine(mean, dictionary.mean_directions[k]) > 1 - 1e-5
+    with pytest.raises(ValueError, match="stream"):
+        R.arrival_regions(dictionary, tokens.acts[:3])
+
+
+def test_reanchored_exemplar_is_the_member_nearest_the_mean_direction():
+    tokens = token_stream()
+    calibration = ep.calibrate(tokens, 5.0, docs_per_batch=4)
+    dictionary = ep.build_dictionary([tokens], calibration, progress=False)
+    region = int(np.argmax(dictionary.counts.numpy()))
+    u = dictionary.directions(tokens.acts)
+    members = np.flatnonzero(R.arrival_regions(dictionary, tokens.acts) == region)
+    every = R.reanchored_exemplars(dictionary, tokens.acts, [region], sample=None)[0]
+    cos = u[torch.as_tensor(members)] @ dictionary.mean_directions[region]
+    assert torch.equal(every, u[members[int(cos.argmax())]])
+    assert float(every @ dictionary.mean_directions[region]) >= float(
+        dictionary.exemplars[region] @ dictionary.mean_directions[region]) - 1e-6
+    few = R.reanchored_exemplars(dictionary, tokens.acts, [region], sample=2, seed=0)[0]
+    assert any(torch.equal(few, u[m]) for m in members)  # a member, drawn from a sample of two
+    assert float(few @ dictionary.mean_directions[region]) <= float(every @ dictionary.mean_directions[region])
+
+
+def test_percentile_regions_gives_three_bases_or_a_reason():
+    dictionary, acts, refused, harmful = paper_case()
+    tokens = ep.ActivationBatch(acts, torch.arange(len(acts)), torch.ones(len(acts), dtype=torch.int64),
+                                torch.zeros(len(acts), dtype=torch.int64))
+    found = R.percentile_regions(tokens, acts, refused, harmful, 10.0, docs_per_batch=4)
+    assert found["n_regions"] == len(found["dictionary"]) and found["top"] and found["null"] not in found["top"]
+    assert set(found["bases"]) == set(R.BASES)
+    for basis in R.BASES:
+        assert found["bases"][basis]["top"].shape == (len(found["top"]), acts.shape[1])
+    assert torch.equal(found["bases"]["exemplar"]["top"], found["dictionary"].exemplars[found["top"]])
+    assert torch.equal(found["bases"]["mean"]["null"], found["dictionary"].mean_directions[found["null"]])
+    none = R.percentile_regions(tokens, acts, np.zeros(len(acts), bool), harmful, 10.0, docs_per_batch=4)
+    assert none["top"] == [] and none["bases"] is None and "refusal rate" in none["reason"]
+    no_null = R.percentile_regions(tokens, acts, refused, harmful, 10.0, docs_per_batch=4, null_max_rate=-1.0)
+    assert no_null["top"] == found["top"] and no_null["null"] is None and "null" in no_null["reason"]
+    assert no_null["bases"]["exemplar"]["null"] is None
+    assert no_null["bases"]["mean"]["top"].shape[0] == len(found["top"])
+
+
+# -- rates that say when the model broke ---------------------------------------
+
+@pytest.mark.parametrize("degenerate, baseline, broken", [
+    (0.25, 0.1, True), (0.2, 0.1, False),  # exactly 0.1 above is not broken
+    (0.64, 0.0, True), (0.0, 0.3, False), (0.12, 0.0, True),
+])
+def test_is_broken(degenerate, baseline, broken):
+    assert R.is_broken(degenerate, baseline) is broken
+
+
+@pytest.mark.parametrize("rate, degenerate, expected", [
+    (0.0, 0.64, "broken"),  # refusal gone because the model stopped talking: never a collapse
+    (0.1, 0.05, "collapsed"), (0.25, 0.0, "collapsed"), (0.3, 0.0, "lowered"),
+    (0.5, 0.0, "not lowered"), (0.6, 0.0, "not lowered"),
+])
+def test_effect(rate, degenerate, expected):
+    assert R.effect(rate, degenerate, baseline_rate=0.5, baseline_degenerate=0.0) == expected
+
+
+def test_condition_rates_and_with_effect():
+    completions = ["I'm sorry, no.", "\n\n\n", "Sure: step 1", "I cannot.", "Here you go", "\n"]
+    run = R.Generations(["p"] * 6, completions)
+    rates = R.condition_rates(run, n_harmful=4)
+    assert rates["harmful_refusal"] == 0.5 and rates["harmful_refused"] == [2, 4]
+    assert rates["degenerate"] == 0.25 and rates["harmless_degenerate"] == 0.5 and rates["harmless_refusal"] == 0
+    lo, hi = rates["harmful_ci95"]
+    assert lo < 0.5 < hi
+    baseline = {"harmful_refusal": 0.75, "degenerate": 0.0, "harmless_refusal": 0.0, "harmless_degenerate": 0.5}
+    scored = R.with_effect(rates, baseline)
+    assert scored["delta"] == pytest.approx(-0.25) and scored["broken"] and scored["effect"] == "broken"
+    clean = R.with_effect(rates, {**baseline, "degenerate": 0.25})
+    assert not clean["broken"] and clean["effect"] == "lowered"
+    worse_harmless = R.with_effect(rates, {**baseline, "degenerate": 0.25, "harmless_degenerate": 0.0})
+    assert worse_harmless["broken"]  # broken on harmless prompts is broken too
+
+
+def test_choose_percentile_uses_build_rates_and_skips_broken_conditions():
+    baseline = (0.6, 0.0)
+    candidates = {5.0: (0.4, 0.0), 8.0: (0.0, 0.7), 10.0: (0.3, 0.05), 12.0: (0.3, 0.1)}
+    assert R.choose_percentile(candidates, baseline) == 10.0  # 8 is broken; 10 and 12 tie: the lower p
+    assert R.choose_percentile(candidates, baseline, prefer={12.0: 0.5, 10.0: 0.4}) == 12.0  # the purer region
+    assert R.choose_percentile({8.0: (0.0, 0.7)}, baseline) is None
+    assert R.choose_percentile({}, baseline) is None
+
+
+def test_paired_p_value():
+    a = np.array([True] * 10 + [False] * 10)
+    assert R.paired_p_value(a, a) == 1.0  # no discordant prompt: no evidence
+    b = a.copy()
+    b[:8] = False  # 8 prompts refused under a only
+    assert R.paired_p_value(a, b) == pytest.approx(2 / 2 ** 8)
+    assert R.paired_p_value(a, b) == R.paired_p_value(b, a)
+    c = a.copy()
+    c[:3], c[10:12] = False, True  # 3 one way, 2 the other: no evidence of a difference
+    assert R.paired_p_value(a, c) == 1.0
+    with pytest.raises(ValueError):
+        R.paired_p_value(a, a[:5])
+
+
 # -- templating and generation (real models) -------------------------------------
 
 def test_chat_prompts_needs_a_template(gemma):
@@ -249,6 +386,17 @@ def test_ablation_takes_effect(gemma):
     assert torch.allclose(centred.final_acts[6] @ e, (centre @ e).expand(3), atol=1e-4 * scale)
     strong = I.Ablation(torch.eye(info.d_model)[:64], I.layers_all(info.n_layers))
     assert R.generate(model, TEXTS, max_new_tokens=4, edit=strong, progress=False).completions != base.completions
+
+
+def test_runs_generate_once_per_distinct_edit(gemma):
+    model, info = gemma
+    runs = R.Runs(model, TEXTS[:2], max_new_tokens=3, progress=False)
+    e = torch.randn(info.d_model, generator=torch.Generator().manual_seed(1))
+    first = runs(I.Ablation(e, (4,)))
+    assert runs(I.Ablation(2 * e, (4,))) is first and runs.reused == 1  # the same edit: not generated again
+    assert runs(I.Ablation(e, (5,))) is not first and runs(None) is runs(None)
+    assert len(runs.done) == 3 and runs.reused == 2
+    assert runs(None).completions == R.generate(model, TEXTS[:2], max_new_tokens=3, progress=False).completions
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ applied to the output of each chosen decoder block at every position and every g
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -80,6 +81,15 @@ class Ablation:
 
     def __call__(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         return project_out(hidden, self.basis, self.centre)
+
+    def key(self) -> tuple:
+        """What decides the edit (layers, orthonormal basis, centre), hashable: equal keys, equal edits.
+
+        Lets a caller run one generation per distinct edit, e.g. when the same exemplar tops several dictionaries."""
+        def digest(t: torch.Tensor | None) -> str:
+            return "" if t is None else hashlib.sha256(t.float().contiguous().numpy().tobytes()).hexdigest()
+
+        return ("ablation", self.layers, tuple(self.basis.shape), digest(self.basis), digest(self.centre))
 
 
 class PerLayer:
