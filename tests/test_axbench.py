@@ -333,3 +333,17 @@ def test_output_mask_on_the_real_model(gemma):
     # a row's activations do not depend on the other rows in its batch (padding)
     alone = ax.row_activations(model, frame.iloc[:1], [3], context_length=64, progress=False)
     torch.testing.assert_close(alone.acts[3], acts.acts[3][acts.row == 0], atol=1e-4, rtol=1e-4)
+
+
+def test_prefix_dictionaries_are_builds_stopped_at_each_size():
+    acts = torch.randn(300, 8, generator=torch.Generator().manual_seed(0))
+    zeros = torch.zeros(300, dtype=torch.int64)
+    batches = [ActivationBatch(acts[s:s + 70], torch.arange(300)[s:s + 70], zeros[s:s + 70], zeros[s:s + 70])
+               for s in range(0, 300, 70)]
+    cal = calibrate(acts[:100], 10)
+    out = ax.prefix_dictionaries(batches, cal, [250, 100, 35, 1000])
+    assert sorted(out) == [35, 100, 250]  # 1000: longer than the stream
+    for n, d in out.items():
+        alone = build_dictionary(batches, cal, max_tokens=n, n_samples=0, progress=False)
+        assert int(d.counts.sum()) == n and torch.equal(d.exemplars, alone.exemplars)
+        torch.testing.assert_close(d.mean_directions, alone.mean_directions)

@@ -146,6 +146,23 @@ def test_paper_match_follows_the_official_rules():
     np.testing.assert_array_equal(out["best_feature"], [0, 1, -1])
     np.testing.assert_allclose(out["best_f1"], [48 / 54, 20 / 55, 0])
     assert out["regions_with_overlap"] == 2 and out["matched_fraction"] == 0.5
+    # SAE→EP, the same rules: feature 0 (24 rows) overlaps region 0 by 24 -> F1 48 / 54; feature 1 (30 rows)
+    # overlaps region 0 by 20 and region 1 by 10 -> region 0, F1 40 / 60; feature 2 is ineligible
+    back = out["sae_to_ep"]
+    np.testing.assert_array_equal(back["best_region"], [0, 0, -1])
+    np.testing.assert_allclose(back["best_f1"], [48 / 54, 40 / 60, 0])
+    assert back["features_with_overlap"] == 2 and back["matched_fraction"] == 1.0
+
+
+def test_top1_coherence_counts_distinct_top_features():
+    acts = torch.arange(6, dtype=torch.float32)[:, None]
+    sae = lambda x: torch.nn.functional.one_hot(x[:, 0].long() % 3, 3).float()  # row r peaks on feature r % 3
+    region_sets = np.array([[0, 3, -1], [0, 1, 2], [1, 4, 5]])  # region 0: two positive tokens only
+    out = C.top1_coherence(region_sets, sae, acts, k=3)
+    assert out["n_evaluated"] == 2 and out["n_regions"] == 3
+    assert out["histogram"] == {1: 0, 2: 1, 3: 1} and out["frac_all_same"] == 0.0 and out["mean_distinct"] == 2.5
+    same = C.top1_coherence(region_sets, sae, acts, k=2)
+    assert same["n_evaluated"] == 3 and same["histogram"] == {1: 2, 2: 1} and same["frac_all_same"] == 2 / 3
 
 
 def test_paper_match_drops_regions_without_overlap_and_ep_scorer_bases():

@@ -158,6 +158,9 @@ def test_binary_probes_separate_an_informative_feature_from_noise():
     assert out["noise"] < 0.75 and abs(out["majority"] - 0.5) < 0.01 and out["test texts"] == len(test)
     with pytest.raises(ValueError, match="labels 0 and 1"):
         P.binary_probes(raw, {}, y * 2, train, test)
+    everything = P.binary_probes(raw, {"good": informative}, y, train, test)  # the default top-k: SAEBench's
+    fields = {field: everything[column.format("good")] for field, column in P.SAEBENCH_FIELDS.items()}
+    assert fields["llm_test_accuracy"] == everything["raw"] and fields["sae_top_1_test_accuracy"] == 1.0
 
 
 def test_old_names_warn_and_call_the_renamed_functions():

@@ -80,3 +80,10 @@ def test_bad_arguments():
 def test_flops_formula():
     assert S.sae_flops(640, 4096, 1000) == 12 * 640 * 4096 * 1000
     assert S.GEMMA_SCOPE == ("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical")
+
+
+def test_width_matched_in_log_space_as_the_official_code():
+    assert S.closest_width(3000) == 4096 and S.closest_width(9000) == 16384 and S.closest_width(50_000) == 65536
+    assert S.closest_width(1500, widths=[2 ** i for i in range(6, 21)]) == 2048  # log2 1500 = 10.55
+    assert S.width_matched_sae_id("gemma-scope-2b-pt-res-canonical", 12, 3000) == "layer_12/width_16k/canonical"
+    assert S.width_matched_sae_id("gemma-scope-2b-pt-res-canonical", 20, 50_000) == "layer_20/width_65k/canonical"

@@ -49,14 +49,39 @@ def by_group(x: np.ndarray, y: np.ndarray, xlabel: str, ylabel: str, title: str 
     return ax
 
 
-def curve(x, ys: dict[str, np.ndarray], xlabel: str, ylabel: str, title: str = "", ax=None, logy: bool = False):
-    """One or more named lines over a shared x."""
+def curve(x, ys: dict[str, np.ndarray], xlabel: str, ylabel: str, title: str = "", ax=None, logy: bool = False,
+          logx: bool = False, references: dict[str, tuple[float, float]] | None = None):
+    """One or more named lines over a shared x; ``references`` marks named points (x, y), e.g. a paper's number."""
     ax = _axes(ax)
     for name, y in ys.items():
         ax.plot(x, y, marker=".", label=name)
-    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if logy else "linear")
-    if len(ys) > 1:
+    for i, (name, (rx, ry)) in enumerate((references or {}).items()):
+        ax.plot([rx], [ry], marker="*", ms=12, ls="none", color=f"C{i + len(ys)}", markeredgecolor="k", label=name)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title, yscale="log" if logy else "linear",
+           xscale="log" if logx else "linear")
+    if len(ys) + len(references or {}) > 1:
         ax.legend(fontsize="small")
+    return ax
+
+
+def trend(x, ys: dict[str, np.ndarray], target_x: float, xlabel: str, ylabel: str, title: str = "", ax=None,
+          references: dict[str, float] | None = None):
+    """Measured points on a log x, each series with its least-squares line in log x extended (dotted) to
+    ``target_x``; ``references`` puts named values at ``target_x`` (stars). With one point a series has no line."""
+    ax = _axes(ax)
+    x = np.asarray(x, dtype=float)
+    for i, (name, y) in enumerate(ys.items()):
+        y = np.asarray(y, dtype=float)
+        ax.plot(x, y, "o-", color=f"C{i}", label=name)
+        if len(x) > 1:
+            slope, intercept = np.polyfit(np.log10(x), y, 1)
+            line = np.array([x.max(), target_x])
+            ax.plot(line, intercept + slope * np.log10(line), ":", color=f"C{i}")
+    for j, (name, value) in enumerate((references or {}).items()):
+        ax.plot([target_x], [value], marker="*", ms=14, ls="none", color=f"C{j + len(ys)}", markeredgecolor="k",
+                label=name)
+    ax.set(xscale="log", xlabel=xlabel, ylabel=ylabel, title=title)
+    ax.legend(fontsize="small")
     return ax
 
 

@@ -17,8 +17,10 @@ concept (positives) from rows that do not (negatives). The paper's protocol (Rum
 Controls (this module's earlier defaults) are options of ``evaluate_layer``: ``scope="output"`` /
 ``train_scope="output"`` (the assistant's output only), ``choose="auroc"`` (the region with the best training
 AUROC, as AxBench's SAE-A picks an SAE feature), ``score="cos"`` (centred cosine), and a dictionary built on
-the training rows themselves (``rows_dictionary``). Baselines: DiffMean, a logistic probe, random directions,
-an SAE's features, and row length, the control to read every number against (positives are longer).
+the training rows themselves (``rows_dictionary``); dictionaries of fewer build tokens, the prefixes of one
+stream (``prefix_dictionaries``), show how coverage moves the numbers. Baselines: DiffMean, a logistic probe,
+random directions, an SAE's features, and row length, the control to read every number against (positives
+are longer).
 
 Layout: templating and extraction (model code) at the top; everything below works on plain arrays.
 """
@@ -35,7 +37,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 from tqdm.auto import tqdm
 
-from ..method.builder import build_dictionary
+from ..method.builder import DictionaryBuilder, build_dictionary
 from ..method.calibration import calibrate, to_directions
 from ..method.metrics import auroc, auroc_columns
 from ..model.activations import ActivationBatch, decoder_layers
@@ -405,6 +407,26 @@ def rows_dictionary(train: RowActivations, layer: int, percentile: float, seed: 
     cal = calibrate(acts, percentile, seed=seed, meta={"layer": layer})
     batch = ActivationBatch(acts[order], train.row[order], torch.zeros_like(order), train.token[order])
     return build_dictionary([batch], cal, progress=False, n_samples=0, meta={"layer": layer})
+
+
+def prefix_dictionaries(batches, calibration, sizes: Sequence[int], n_samples: int = 0) -> dict[int, object]:
+    """{n: the dictionary of the stream's first n tokens} for every n in ``sizes``, from one pass over ``batches``
+    (ActivationBatch-like). Leader clustering is sequential, so a snapshot of the builder after n tokens is
+    exactly what a build stopped at n gives; a stream shorter than a size leaves that size out."""
+    builder = DictionaryBuilder(calibration, n_samples=n_samples)
+    todo, out = sorted(set(int(n) for n in sizes)), {}
+    add = lambda b, rows: builder.add_arrays(b.acts[rows], b.doc[rows], b.pos[rows], b.token[rows])
+    for batch in batches:
+        start = 0
+        while todo and builder.tokens + len(batch) - start >= todo[0]:
+            cut = start + todo[0] - builder.tokens
+            add(batch, slice(start, cut))
+            out[todo.pop(0)] = builder.snapshot()
+            start = cut
+        if not todo:
+            break
+        add(batch, slice(start, None))
+    return out
 
 
 def basis(dictionary, name: str) -> torch.Tensor:

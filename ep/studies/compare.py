@@ -20,8 +20,11 @@ tokens among their *positive* scores only (EP: the signed projection on the regi
 direction by default); a unit is eligible with >= 20 positive tokens; an EP region's best SAE feature
 is the eligible one with the largest *overlap* |A∩B| (not the largest F1); F1 = 2|A∩B| / (|A| + |B|)
 of that pair; regions whose best overlap is zero leave the denominator; the headline is the fraction
-of the remaining regions with F1 > 0.5. :func:`set_f1` / :func:`match_summary` are this module's own
-reading (every region counted, best by F1, a Hungarian one-to-one view), kept as a comparison.
+of the remaining regions with F1 > 0.5. The same script reads the other direction with the same machinery
+(each eligible SAE feature's best region: ``sae_to_ep``), and runs both bases (exemplar and mean member).
+:func:`top1_coherence` is its ``_top1_coherence``: do a region's top-5 tokens share their most active SAE
+feature? :func:`set_f1` / :func:`match_summary` are this module's own reading (every region counted, best by
+F1, a Hungarian one-to-one view), kept as a comparison.
 
 Compute: EP's build cost is its comparisons, 2·d FLOPs per (token, existing exemplar) pair, which the
 dictionary lets us count exactly (each exemplar's stream index says how many tokens it was compared
@@ -123,6 +126,13 @@ def paper_match(ep_score: Callable, sae_score: Callable, acts, n: int = 100, min
     f1 = np.where(best_overlap > 0, 2.0 * best_overlap / np.maximum(size_a + size_b[best_feature], 1), 0.0)
     matched = best_overlap > 0
     best_feature = np.where(matched, best_feature, -1)
+    best_region = overlap.argmax(0)  # SAE→EP: each eligible feature's best eligible region, the same rules
+    back = overlap[best_region, np.arange(overlap.shape[1])]
+    back_f1 = np.where(back > 0, 2.0 * back / np.maximum(size_b + size_a[best_region], 1), 0.0)
+    sae_to_ep = {"features_with_overlap": int((back > 0).sum()),
+                 "matched_fraction": float((back_f1[back > 0] > min_f1).mean()) if (back > 0).any() else 0.0,
+                 "median_f1": float(np.median(back_f1[back > 0])) if (back > 0).any() else 0.0,
+                 "best_region": np.where(back > 0, best_region, -1), "best_f1": back_f1}
     return {"regions": len(region_sets), "features": len(feature_sets),
             "eligible_regions": int(region_ok.sum()), "eligible_features": int(feature_ok.sum()),
             "regions_with_overlap": int(matched.sum()),
@@ -130,7 +140,25 @@ def paper_match(ep_score: Callable, sae_score: Callable, acts, n: int = 100, min
             "median_f1": float(np.median(f1[matched])) if matched.any() else 0.0,
             "features_used": int(len(np.unique(best_feature[matched & (f1 > min_f1)]))),
             "threshold": min_f1, "top_n": n, "min_active": min_active,
-            "best_feature": best_feature, "best_f1": f1, "region_sets": region_sets, "feature_sets": feature_sets}
+            "best_feature": best_feature, "best_f1": f1, "region_sets": region_sets, "feature_sets": feature_sets,
+            "sae_to_ep": sae_to_ep}
+
+
+def top1_coherence(region_sets: np.ndarray, sae_score: Callable, acts, k: int = 5) -> dict:
+    """The official ``_top1_coherence``: for every region with at least k positive tokens, its k best tokens
+    (the first k of ``region_sets`` [K, n], best first, -1 padded) and the SAE feature most active on each;
+    how many distinct features those are (1: the SAE sees one concept there; k: the region is finer, composite
+    or noisy). Returns the histogram over 1..k, ``frac_all_same`` and ``mean_distinct``."""
+    top = region_sets[:, :k]
+    evaluated = top.shape[1] == k and len(top) > 0
+    top = top[(top >= 0).all(1)] if evaluated else top[:0]
+    x = torch.as_tensor(acts)
+    top1 = sae_score(x[torch.as_tensor(top.ravel())]).argmax(1).numpy().reshape(top.shape) if len(top) else top
+    distinct = np.array([len(set(row)) for row in top1.tolist()], dtype=np.int64)
+    histogram = {d: int((distinct == d).sum()) for d in range(1, k + 1)}
+    n = len(distinct)
+    return {"top_k": k, "n_evaluated": n, "n_regions": len(region_sets), "histogram": histogram,
+            "frac_all_same": histogram[1] / max(n, 1), "mean_distinct": float(distinct.mean()) if n else 0.0}
 
 
 def _indicator(sets: np.ndarray, n_rows: int) -> sp.csr_matrix:

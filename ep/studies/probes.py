@@ -9,6 +9,14 @@ fixed train/test split (:func:`split`); :func:`binary_probes` scores the raw mea
 histogram and its top-k features by |mean difference| on the training texts. Regularisation is chosen by
 cross-validation on the training texts only (SAEBench picks its epoch on the test set; we do not).
 
+**The readout.** The official sparse-probing run (``scripts/build_partitions.py`` ``_readout_for``) gives probes
+the *signed* readout by default: every region's signed projection (x − c)·e, dense, mean-pooled over the text
+(linear, so it equals the projection of the mean-pooled vector: ``compare.ep_scorer(d, basis)(pooled)``).
+The one-hot histogram above is its ``--readout-override binary``. SAEBench logs, per readout,
+``llm_test_accuracy`` (the raw probe), ``sae_test_accuracy`` (every feature) and ``sae_top_{1,2,5}_test_accuracy``
+(the k features with the largest |mean difference|): :data:`SAEBENCH_FIELDS` names :func:`binary_probes`'
+columns by them.
+
 **A control** (what this module did first, a different question):
 
 A probe is a logistic regression (scikit-learn), scored by stratified cross-validation so that every
@@ -406,6 +414,11 @@ def one_vs_rest(labels: np.ndarray, classes: list[str], seed: int = 0) -> dict[s
         idx = np.concatenate([pos, neg])
         tasks[name] = (idx, np.r_[np.ones(n, np.int64), np.zeros(n, np.int64)])
     return tasks
+
+
+# SAEBench sparse_probing's result fields -> binary_probes' column for a featurisation called {}
+SAEBENCH_FIELDS = {"llm_test_accuracy": "raw", "sae_test_accuracy": "{}", "sae_top_1_test_accuracy": "{} top-1",
+                   "sae_top_2_test_accuracy": "{} top-2", "sae_top_5_test_accuracy": "{} top-5"}
 
 
 def top_by_mean_difference(x: sp.spmatrix | np.ndarray, y: np.ndarray, k: int) -> np.ndarray:

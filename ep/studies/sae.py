@@ -10,6 +10,9 @@ the EP dictionary was built on and count what each consumed.
   a :class:`SAETraining` record (tokens processed, steps, seconds, FLOPs estimate, fit quality).
 - :func:`load_pretrained`: an SAE release through sae-lens (``GEMMA_SCOPE`` at paper scale; needs the hub).
 - :func:`encode`, :func:`top1`, :func:`explained_variance`: batched use of any sae-lens SAE.
+- :func:`closest_width`, :func:`width_matched_sae_id`: the SAE's width matched to the number of EP regions in
+  log space, as the official code does (``ep/saebench_sota.closest_width`` picks 4k, 16k or 65k, and
+  ``scripts/compare_sae.pick_release_for_width`` the released SAE nearest that width at the layer).
 """
 
 from __future__ import annotations
@@ -28,6 +31,29 @@ from tqdm.auto import tqdm
 # SAEs of Gemma 2 2B PT (huggingface.co/google/gemma-scope, "Tokens" column).
 GEMMA_SCOPE = ("gemma-scope-2b-pt-res-canonical", "layer_20/width_16k/canonical")
 GEMMA_SCOPE_TRAINING_TOKENS = 4_000_000_000
+
+
+SAEBENCH_WIDTHS = (4096, 16384, 65536)  # the widths SAEBench publishes baselines at (official saebench_sota.WIDTHS)
+_WIDTH_TAGS = {"4k": 4096, "16k": 16384, "32k": 32768, "65k": 65536, "131k": 131072, "262k": 262144,
+               "524k": 524288, "1m": 1048576}  # Gemma Scope's width names
+
+
+def closest_width(n_regions: int, widths=SAEBENCH_WIDTHS) -> int:
+    """The width nearest ``n_regions`` in log2 (the first of a tie), from ``widths``."""
+    n = max(int(n_regions), 1)
+    return min(widths, key=lambda w: abs(math.log2(w) - math.log2(n)))
+
+
+def width_matched_sae_id(release: str, layer: int, n_regions: int) -> str:
+    """The canonical ``layer_{layer}/width_*/canonical`` SAE of a sae-lens release whose width is nearest
+    ``closest_width(n_regions)`` (the official build passes that width to compare_sae as ``--n-concepts``)."""
+    from sae_lens.loading.pretrained_saes_directory import get_pretrained_saes_directory
+
+    ids = {_WIDTH_TAGS[tag]: f"layer_{layer}/width_{tag}/canonical" for tag in _WIDTH_TAGS}
+    available = {w: i for w, i in ids.items() if i in get_pretrained_saes_directory()[release].saes_map}
+    if not available:
+        raise ValueError(f"{release} has no canonical SAE at layer {layer}")
+    return available[closest_width(closest_width(n_regions), tuple(available))]
 
 
 @dataclass
