@@ -1,3 +1,7 @@
-"""Showing results: region contexts as HTML, plots, and what every notebook calls (setup, results).
-Draws what it is given; imports nothing from the layers that talk to a model.
+"""Showing results: region contexts as HTML, plots, a dictionary browser, and what every notebook calls (setup,
+results). Draws what it is given; imports nothing from the layers that talk to a model.
 """
+
+from .browser import browser
+
+__all__ = ["browser"]
