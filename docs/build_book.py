@@ -8,7 +8,8 @@ pages, and runs Sphinx with MyST-NB (no execution). Missing chapters are an erro
 
 It also writes dictionary browsers (``ep.show.browser``) into ``browsers/`` of the book, linked from its index:
 notebook 02's dictionary (the file it saved in the results folder) and a published stand-in (Gemma 3 270M, layer 9,
-p10, from the data mirror), each with the logit lens of every region, and notebook 10's labelled sample.
+p10, from the data mirror), each with the logit lens of every region, and notebook 10's dictionary with the labels
+it scored (the files it saved in the results folder).
 """
 
 from __future__ import annotations
@@ -66,20 +67,18 @@ def dictionary_browsers(executed: Path, out: Path) -> dict[str, Path]:
     own = ep.Dictionary.load(results / "02_dictionary.safetensors")
     name, layer = own.meta["config"]["model"], own.meta["config"]["layer"]
     sites["02_dictionary"] = ep.show.browser(own, out / "02_dictionary", lens=region_lens(model(name), own),
-                                             title=f"Notebook 02's dictionary ({name}, layer {layer})")
+                                             title=f"Notebook 02's dictionary ({Path(name).name}, layer {layer})")
     published = ep.Dictionary.from_hub("gemma-3-270m", 9, 10)
     gemma = model("gemma-3-270m")
     published = published.with_contexts(Contexts(gemma.tokenizer, published.documents, context_length=64).snippet)
     sites["published_p10"] = ep.show.browser(published, out / "published_p10", lens=region_lens(gemma, published),
                                              title="A published-format dictionary (Gemma 3 270M stand-in, L9, p10)")
-    labelled = results / "10_labels_regions.json"
-    if labelled.exists():  # notebook 10's dictionary, with the labels of the regions it scored
-        d = ep.Dictionary.load(results / "10_labels.safetensors")
-        regions = {int(k): v for k, v in json.loads(labelled.read_text()).items()}
-        sites["10_labels"] = ep.show.browser(
-            d, out / "10_labels", labels={k: v["label"] for k, v in regions.items()},
-            scores={k: v["score"] for k, v in regions.items()}, lens={k: v["lens"] for k, v in regions.items()},
-            title="Notebook 10's dictionary with its labels (sampled regions are scored)")
+    d = ep.Dictionary.load(results / "10_labels.safetensors")  # notebook 10's, with the labels it scored
+    scored = {int(k): v for k, v in json.loads((results / "10_labels_regions.json").read_text()).items()}
+    sites["10_labels"] = ep.show.browser(
+        d, out / "10_labels", labels={k: v["label"] for k, v in scored.items()},
+        scores={k: v["score"] for k, v in scored.items()}, lens={k: v["lens"] for k, v in scored.items()},
+        title="Notebook 10's dictionary and the labels it scored")
     return sites
 
 
