@@ -33,7 +33,7 @@ def test_label_instruction(data):
     d, _ = data
     text = L.label_instruction(d, 0, n_contexts=2)
     doc, pos, _ = d.exemplar_context[0].tolist()
-    assert f"<<tok{doc}_{pos}>>" in text and text.count("\n- ") <= 2 and "six words" in text
+    assert f"<<tok{doc}_{pos}>>" in text and text.count("\n- ") <= 2 and f"'tok{doc}_{pos}'" in text.split("\n")[0]
 
 
 def test_heldout_probes(data):
@@ -75,7 +75,8 @@ class FakeJudge(L.ChatModel):
     def yes_margin(self, instructions, progress=True):
         def compute(chunk):
             self.computed += len(chunk)
-            return [1.0 if t.split('"')[1] in t.split("Snippet:")[1].split("\n")[0] else -1.0 for t in chunk]
+            return [1.0 if t.split("\n")[0].removeprefix("Label: ") in t.split("Text:")[1].split("\n")[0] else -1.0
+                    for t in chunk]
         return np.array(self._cached("judge", instructions, compute, progress, "judge"))
 
 
@@ -94,10 +95,20 @@ def test_score_and_cache(tmp_path):
 @pytest.mark.model
 def test_the_chat_model_labels_and_judges(tmp_path):
     chat = L.ChatModel(cache=L.Cache(tmp_path / "cache.json"))
-    [label] = chat.write([L.LABEL_INSTRUCTION.format(snippets="\n".join(
+    [label] = chat.write([L.LABEL_INSTRUCTION.format(tokens="'1850', '1923', '1812'", snippets="\n".join(
         f"- {L.marked(a, b, c)}" for a, b, c in [("born in ", "1850", " in Paris"), ("until ", "1923", ", when"),
                                                   ("the war of ", "1812", " ended")]))])
     assert label and len(label) < 80
-    fit = lambda snippet: L.JUDGE_INSTRUCTION.format(label="years", snippet=snippet)
-    yes, no = chat.yes_margin([fit("It was founded in <<1901>> by"), fit("The <<cat>> sat on the mat")])
+    fit = lambda snippet, token: L.JUDGE_INSTRUCTION.format(label="years", snippet=snippet, token=token)
+    yes, no = chat.yes_margin([fit("It was founded in <<1901>> by", "'1901'"),
+                               fit("The <<cat>> sat on the mat", "'cat'")])
     assert yes > no
+
+
+def test_paired_bootstrap():
+    a, b = np.array([0.9, 0.8, 0.85, 0.95]), np.array([0.5, 0.4, 0.55, 0.5])
+    mean, lo, hi = L.paired_bootstrap(a, b)
+    assert mean == pytest.approx(0.3875) and 0 < lo <= mean <= hi
+    assert L.paired_bootstrap(b, b)[1:] == (0.0, 0.0)
+    assert L.verdict(L.paired_bootstrap(a, b)) is True and L.verdict(L.paired_bootstrap(b, a)) is False
+    assert L.verdict(L.paired_bootstrap(np.array([0.6, 0.4]), np.array([0.4, 0.6]))) is None

@@ -35,13 +35,13 @@ from ..model.generation import greedy
 from ..model.loading import load_model, transformers_model
 
 LABEL_INSTRUCTION = (
-    "Each line below is a snippet of text with one token marked like <<this>>. The marked tokens have something in "
-    "common: the same word, a shared meaning, a grammatical role or a kind of position in the text. Write a short "
-    "label (at most six words) for what they share. Reply with the label only.\n\n{snippets}")
+    "Marked words: {tokens}\n\nEach line below is a snippet of text with one word marked like <<this>>:\n{snippets}\n\n"
+    "What do the marked words have in common? Reply with a label of one to five words only, such as: years, "
+    "the word 'the', verbs of motion, closing brackets, names of cities.")
 JUDGE_INSTRUCTION = (
-    "A feature of a language model is described by this label: \"{label}\".\n"
-    "Snippet: {snippet}\n"
-    "Is the marked token <<...>> in this snippet described by the label? Answer Yes or No.")
+    "Label: {label}\nText: {snippet}\nMarked word: {token}\n"
+    "Does the label describe the marked word in this text? Answer Yes or No.")
+SYSTEM = "You are a concise assistant."  # shorter than a template's default system prompt: fewer tokens to run
 
 
 def marked(left: str, token: str, right: str) -> str:
@@ -97,7 +97,7 @@ class ChatModel:
     def write(self, instructions: list[str], max_new_tokens: int = 16, progress: bool = True) -> list[str]:
         """Greedy replies to ``instructions`` (first line, stripped of quotes and a final full stop)."""
         def compute(chunk):
-            prompts = chat_prompts(self.model.tokenizer, chunk)
+            prompts = chat_prompts(self.model.tokenizer, chunk, system=SYSTEM)
             out = greedy(self.model, prompts, max_new_tokens=max_new_tokens, batch_size=len(chunk), progress=False)
             return [clean_label(t) for t in out.texts(self.model.tokenizer)]
         return self._cached("write", instructions, compute, progress, "label")
@@ -108,7 +108,7 @@ class ChatModel:
         def compute(chunk):
             tok, hf = self.model.tokenizer, transformers_model(self.model)
             yes, no = (tok.encode(w, add_special_tokens=False)[0] for w in ("Yes", "No"))
-            enc = tok(chat_prompts(tok, chunk), return_tensors="pt", padding=True, padding_side="left",
+            enc = tok(chat_prompts(tok, chunk, system=SYSTEM), return_tensors="pt", padding=True, padding_side="left",
                       add_special_tokens=False)
             positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens
             logits = hf(input_ids=enc["input_ids"].to(hf.device), attention_mask=enc["attention_mask"].to(hf.device),
@@ -131,7 +131,8 @@ def label_instruction(dictionary, k: int, n_contexts: int = 8, width: int = 60) 
     if not contexts:
         raise ValueError(f"region {k} keeps no context text (build it with ep.build, or use with_contexts)")
     clip = lambda left, tok, right: marked(left[-width:], tok, right[:width])
-    return LABEL_INSTRUCTION.format(snippets="\n".join(f"- {clip(*c.text)}" for c in contexts))
+    tokens = ", ".join(dict.fromkeys(repr(c.text[1].strip()) for c in contexts))
+    return LABEL_INSTRUCTION.format(tokens=tokens, snippets="\n".join(f"- {clip(*c.text)}" for c in contexts))
 
 
 def lens_label(tokens: list[str], n: int = 5) -> str:
@@ -183,7 +184,9 @@ def balanced_accuracy(member: np.ndarray, says_yes: np.ndarray) -> float:
 def score(judge: ChatModel, probes: list[Probe], labels: dict[int, str], progress: bool = True) -> dict[int, dict]:
     """Judge every probe against its region's label in ``labels``: {region: {"balanced_accuracy", "auroc",
     "yes_rate", "margins"}}."""
-    instructions = [JUDGE_INSTRUCTION.format(label=labels[p.region], snippet=p.text) for p in probes]
+    marked_token = lambda text: repr(text.split("<<", 1)[1].rsplit(">>", 1)[0].strip())
+    instructions = [JUDGE_INSTRUCTION.format(label=labels[p.region], snippet=p.text, token=marked_token(p.text))
+                    for p in probes]
     margins = judge.yes_margin(instructions, progress=progress)
     out = {}
     for k in dict.fromkeys(p.region for p in probes):
@@ -216,3 +219,19 @@ def sample_regions(dictionary, acts, n: int, min_heldout: int = 2, seed: int = 0
     eligible = np.flatnonzero(counts >= min_heldout)
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(eligible, size=min(n, len(eligible)), replace=False))
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b over regions (NaN pairs dropped) and its 95% bootstrap interval, resampling regions."""
+    diff = np.asarray(a, float) - np.asarray(b, float)
+    diff = diff[~np.isnan(diff)]
+    if not len(diff):
+        return float("nan"), float("nan"), float("nan")
+    means = np.random.default_rng(seed).choice(diff, size=(n, len(diff))).mean(axis=1)
+    return float(diff.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def verdict(interval: tuple[float, float, float]) -> bool | None:
+    """True if the interval lies above 0, False if below, None if it holds 0 (too few regions to tell)."""
+    _, lo, hi = interval
+    return True if lo > 0 else False if hi < 0 else None
