@@ -5,11 +5,17 @@
 The repo keeps notebooks without outputs; the book is where outputs are read. It takes the executed copies
 that `make tutorial` (or the notebook tests, in outputs/tests/) left behind, stages them beside this folder's
 pages, and runs Sphinx with MyST-NB (no execution). Missing chapters are an error, not a silent gap.
+
+It also writes dictionary browsers (``ep.show.browser``) into ``browsers/`` of the book, linked from its index:
+notebook 02's dictionary (the file it saved in the results folder) and a published stand-in (Gemma 3 270M, layer 9,
+p10, from the data mirror), each with the logit lens of every region, and notebook 10's dictionary with the labels
+it scored (the files it saved in the results folder).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -39,6 +45,43 @@ def _link_repo_files(path: Path, repo: str) -> None:
     path.write_text(json.dumps(nb))
 
 
+def dictionary_browsers(executed: Path, out: Path) -> dict[str, Path]:
+    """Write the book's dictionary browsers to ``out/<name>/`` (see the module docstring); {name: index.html}."""
+    import torch
+
+    import ep
+    from ep.model.lens import region_lens
+    from ep.show.display import Contexts
+
+    if "EP_DATA_DIR" not in os.environ and (REPO.parent / "shared" / "data").is_dir():  # the offline mirror
+        os.environ["EP_DATA_DIR"] = str(REPO.parent / "shared" / "data")
+    results = executed / "results"
+    models = {}
+
+    def model(name: str):  # each model loaded once, in fp32 as the dictionaries were built
+        if name not in models:
+            models[name] = ep.load_model(name, dtype=torch.float32)[0]
+        return models[name]
+
+    sites = {}
+    own = ep.Dictionary.load(results / "02_dictionary.safetensors")
+    name, layer = own.meta["config"]["model"], own.meta["config"]["layer"]
+    sites["02_dictionary"] = ep.show.browser(own, out / "02_dictionary", lens=region_lens(model(name), own),
+                                             title=f"Notebook 02's dictionary ({Path(name).name}, layer {layer})")
+    published = ep.Dictionary.from_hub("gemma-3-270m", 9, 10)
+    gemma = model("gemma-3-270m")
+    published = published.with_contexts(Contexts(gemma.tokenizer, published.documents, context_length=64).snippet)
+    sites["published_p10"] = ep.show.browser(published, out / "published_p10", lens=region_lens(gemma, published),
+                                             title="A published-format dictionary (Gemma 3 270M stand-in, L9, p10)")
+    d = ep.Dictionary.load(results / "10_labels.safetensors")  # notebook 10's, with the labels it scored
+    scored = {int(k): v for k, v in json.loads((results / "10_labels_regions.json").read_text()).items()}
+    sites["10_labels"] = ep.show.browser(
+        d, out / "10_labels", labels={k: v["label"] for k, v in scored.items()},
+        scores={k: v["score"] for k, v in scored.items()}, lens={k: v["lens"] for k, v in scored.items()},
+        title="Notebook 10's dictionary and the labels it scored")
+    return sites
+
+
 def build(executed: Path, out: Path) -> Path:
     chapters = sorted(p.name for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
     missing = [name for name in chapters if not (executed / name).exists()]
@@ -55,6 +98,7 @@ def build(executed: Path, out: Path) -> Path:
         _link_repo_files(stage / "notebooks" / name, repository_url())
     shutil.rmtree(out, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", str(stage), str(out)], check=True)
+    dictionary_browsers(executed, out / "browsers")
     return out / "index.html"
 
 

@@ -1,3 +1,8 @@
-"""Showing results: region contexts as HTML, plots, and what every notebook calls (setup, results).
-Draws what it is given; imports nothing from the layers that talk to a model.
+"""Showing results: region contexts as HTML, plots, a dictionary browser, S² to rotate, and what every notebook calls
+(setup, results). Draws what it is given; imports nothing from the layers that talk to a model.
 """
+
+from .browser import browser
+from .sphere import sphere_figure, sphere_html
+
+__all__ = ["browser", "sphere_figure", "sphere_html"]

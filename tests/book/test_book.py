@@ -2,7 +2,8 @@
 
 Runs after the notebook tests (``make test`` calls it second), from their executed copies in
 outputs/tests/. Checks that each chapter, the guide and the glossary load, that every local image on every
-page decoded (naturalWidth > 0), that the chapters carry figures, and that no local link is broken.
+page decoded (naturalWidth > 0), that the chapters carry figures, and that no local link is broken. The
+dictionary browsers the book carries (docs/build_book.py) are searched and clicked through, every page opened.
 """
 
 import os
@@ -16,6 +17,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "docs"))
+sys.path.insert(0, str(REPO / "tests"))
+from browser_check import check_site  # noqa: E402
 from build_book import build  # noqa: E402
 
 CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
@@ -82,3 +85,26 @@ def test_pages_load_with_their_figures(book, browser):
         if page.parent.name == "notebooks":
             figures[page.stem] = len(images)
     assert all(figures.values()), f"chapters without a figure: {[k for k, v in figures.items() if not v]}"
+
+
+def _browsers(book: Path) -> list[Path]:
+    return sorted((book / "browsers").glob("*/index.html"))
+
+
+def test_dictionary_browsers_are_linked_and_whole(book):
+    sites = _browsers(book)
+    assert {p.parent.name for p in sites} >= {"02_dictionary", "published_p10"}
+    index = (book / "index.html").read_text()
+    assert all(f"browsers/{p.parent.name}/index.html" in index for p in sites), "link every browser from the index"
+    broken = []
+    for site in sites:
+        for page in [site, *(site.parent / "regions").glob("*.html")]:
+            broken += [f"{page.relative_to(book)} -> {t}" for t in re.findall(r"href='([^'#?]+)'", page.read_text())
+                       if not (page.parent / t).exists()]
+    assert not broken, broken[:10]
+
+
+@needs_browser
+def test_dictionary_browsers_in_chromium(book, browser):
+    for site in _browsers(book):
+        check_site(browser, site)

@@ -1,0 +1,237 @@
+"""
+Labels for regions written by a local chat model, and scored the way SAEBench's autointerp scores them.
+
+1. **Label.** The chat model (by default the embedded ``qwen2.5-coder-0.5b-instruct``, no API key) reads a
+   region's top contexts (its exemplar and nearest stored members) with the member token marked ``<<like
+   this>>`` and answers with a short label.
+2. **Judge.** Given only a label, the same model decides for held-out contexts whether the marked token fits:
+   members of the region (held-out tokens the dictionary assigns to it) and non-members (tokens assigned to its
+   nearest regions, and tokens at random). The answer is read from one forward pass: the logit of "Yes" minus
+   the logit of "No" for the reply's first token (no sampling).
+3. **Score.** Per region, the balanced accuracy of "Yes" against membership ((TPR + TNR) / 2: 0.5 is chance
+   whatever the mix of members), and the AUROC of the Yes-No margin (free of the judge's bias toward "Yes").
+   Two baselines are judged on the very same contexts: the label of another sampled region (shuffled), and the
+   region's logit-lens tokens as a label (``ep.model.lens``).
+
+Every model answer is cached in a JSON file keyed by model and prompt, so a rerun costs nothing (the model is
+not even loaded when every answer is cached).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..method.metrics import auroc
+from ..model.chat import chat_prompts
+from ..model.generation import greedy
+from ..model.loading import load_model, transformers_model
+
+LABEL_INSTRUCTION = (
+    "Marked words: {tokens}\n\nEach line below is a snippet of text with one word marked like <<this>>:\n{snippets}\n\n"
+    "What do the marked words have in common? Reply with a label of one to five words only, such as: years, "
+    "the word 'the', verbs of motion, closing brackets, names of cities.")
+JUDGE_INSTRUCTION = (
+    "Label: {label}\nText: {snippet}\nMarked word: {token}\n"
+    "Does the label describe the marked word in this text? Answer Yes or No.")
+SYSTEM = "You are a concise assistant."  # shorter than a template's default system prompt: fewer tokens to run
+
+
+def marked(left: str, token: str, right: str) -> str:
+    """A context as one line with its token marked <<like this>>."""
+    return f"{left}<<{token}>>{right}".replace("\n", " ")
+
+
+class Cache:
+    """A JSON file of model answers keyed by (kind, model, prompt); missing file = empty cache."""
+
+    def __init__(self, path: str | Path | None):
+        self.path = None if path is None else Path(path)
+        self.answers = json.loads(self.path.read_text()) if self.path and self.path.exists() else {}
+
+    @staticmethod
+    def key(kind: str, model: str, prompt: str) -> str:
+        return hashlib.sha256("\x00".join((kind, model, prompt)).encode()).hexdigest()[:24]
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.write_text(json.dumps(self.answers, indent=0, sort_keys=True))
+
+
+class ChatModel:
+    """The labeller and judge: a chat model loaded on first use (not at all when the cache holds every answer)."""
+
+    def __init__(self, name: str = "qwen2.5-coder-0.5b-instruct", cache: Cache | None = None,
+                 loader: Callable = load_model, batch_size: int = 16):
+        self.name, self.cache, self.loader, self.batch_size = name, cache or Cache(None), loader, batch_size
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = self.loader(self.name)[0]
+        return self._model
+
+    def _cached(self, kind: str, instructions: list[str], compute, progress: bool, desc: str) -> list:
+        keys = [Cache.key(kind, self.name, text) for text in instructions]
+        first: dict[str, int] = {}  # each distinct prompt once
+        for i, k in enumerate(keys):
+            first.setdefault(k, i)
+        todo = [k for k in first if k not in self.cache.answers]
+        for s in tqdm(range(0, len(todo), self.batch_size), desc=desc, disable=not progress or not todo):
+            chunk = todo[s:s + self.batch_size]
+            for k, answer in zip(chunk, compute([instructions[first[k]] for k in chunk])):
+                self.cache.answers[k] = answer
+        if todo:
+            self.cache.save()
+        return [self.cache.answers[k] for k in keys]
+
+    def write(self, instructions: list[str], max_new_tokens: int = 16, progress: bool = True) -> list[str]:
+        """Greedy replies to ``instructions`` (first line, stripped of quotes and a final full stop)."""
+        def compute(chunk):
+            prompts = chat_prompts(self.model.tokenizer, chunk, system=SYSTEM)
+            out = greedy(self.model, prompts, max_new_tokens=max_new_tokens, batch_size=len(chunk), progress=False)
+            return [clean_label(t) for t in out.texts(self.model.tokenizer)]
+        return self._cached("write", instructions, compute, progress, "label")
+
+    @torch.no_grad()
+    def yes_margin(self, instructions: list[str], progress: bool = True) -> np.ndarray:
+        """logit("Yes") - logit("No") for the first token of the reply to each instruction."""
+        def compute(chunk):
+            tok, hf = self.model.tokenizer, transformers_model(self.model)
+            yes, no = (tok.encode(w, add_special_tokens=False)[0] for w in ("Yes", "No"))
+            enc = tok(chat_prompts(tok, chunk, system=SYSTEM), return_tensors="pt", padding=True, padding_side="left",
+                      add_special_tokens=False)
+            positions = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding: count real tokens
+            logits = hf(input_ids=enc["input_ids"].to(hf.device), attention_mask=enc["attention_mask"].to(hf.device),
+                        position_ids=positions.to(hf.device)).logits[:, -1].float()  # [b, vocab]
+            return (logits[:, yes] - logits[:, no]).tolist()
+        return np.array(self._cached("judge", instructions, compute, progress, "judge"), dtype=np.float64)
+
+
+def clean_label(text: str) -> str:
+    """A reply's first non-empty line, without surrounding quotes, a 'Label:' prefix or a final full stop."""
+    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    line = line.removeprefix("Label:").removeprefix("label:").strip()
+    return line.strip("\"'`*. ")
+
+
+def label_instruction(dictionary, k: int, n_contexts: int = 8, width: int = 60) -> str:
+    """The labelling prompt of region k: its exemplar and nearest stored members, the token marked."""
+    r = dictionary.region(k)
+    contexts = [c for c in [r.exemplar, *r.nearest] if c.text][:n_contexts]
+    if not contexts:
+        raise ValueError(f"region {k} keeps no context text (build it with ep.build, or use with_contexts)")
+    clip = lambda left, tok, right: marked(left[-width:], tok, right[:width])
+    tokens = ", ".join(dict.fromkeys(repr(c.text[1].strip()) for c in contexts))
+    return LABEL_INSTRUCTION.format(tokens=tokens, snippets="\n".join(f"- {clip(*c.text)}" for c in contexts))
+
+
+def lens_label(tokens: list[str], n: int = 5) -> str:
+    """Logit-lens tokens as a label: 'tokens such as "a", "b", "c"'."""
+    shown = [t.strip() for t in tokens if t.strip()][:n]
+    return "tokens such as " + ", ".join(json.dumps(t, ensure_ascii=False) for t in shown)
+
+
+@dataclass
+class Probe:
+    """One held-out context shown to the judge."""
+    region: int        # the region whose label is judged
+    text: str          # the context, token marked
+    member: bool       # does the dictionary assign this token to the region?
+    kind: str          # "member", "near" (assigned to one of the region's nearest regions) or "random"
+
+
+def heldout_probes(dictionary, acts, lookup, regions, n_members: int = 4, n_near: int = 2, n_random: int = 2,
+                   neighbours: int = 5, seed: int = 0, width: int = 60) -> list[Probe]:
+    """
+    Held-out contexts for each region in ``regions``: up to ``n_members`` tokens of ``acts`` (an
+    ActivationBatch of text the build never saw) assigned to it, ``n_near`` assigned to one of its
+    ``neighbours`` nearest regions, and ``n_random`` tokens at random from other regions.
+    ``lookup(doc, pos) -> (left, token, right)`` gives the text of a held-out token.
+    """
+    assigned, _ = dictionary.assign(acts.acts)
+    rng = np.random.default_rng(seed)
+    pick = lambda pool, n: rng.choice(pool, size=min(n, len(pool)), replace=False) if len(pool) else pool
+    probes = []
+    for k in regions:
+        near_ids, _ = dictionary.neighbours(int(k), neighbours)
+        groups = {"member": np.flatnonzero(assigned == k), "near": np.flatnonzero(np.isin(assigned, near_ids)),
+                  "random": np.flatnonzero(assigned != k)}
+        for kind, n in (("member", n_members), ("near", n_near), ("random", n_random)):
+            for i in pick(groups[kind], n):
+                left, tok, right = lookup(int(acts.doc[i]), int(acts.pos[i]))
+                probes.append(Probe(int(k), marked(left[-width:], tok, right[:width]), kind == "member", kind))
+    return probes
+
+
+def balanced_accuracy(member: np.ndarray, says_yes: np.ndarray) -> float:
+    """(true-positive rate + true-negative rate) / 2; NaN without both classes."""
+    member, says_yes = np.asarray(member, bool), np.asarray(says_yes, bool)
+    if member.all() or not member.any():
+        return float("nan")
+    return float((says_yes[member].mean() + (~says_yes[~member]).mean()) / 2)
+
+
+def score(judge: ChatModel, probes: list[Probe], labels: dict[int, str], progress: bool = True) -> dict[int, dict]:
+    """Judge every probe against its region's label in ``labels``: {region: {"balanced_accuracy", "auroc",
+    "yes_rate", "margins"}}."""
+    marked_token = lambda text: repr(text.split("<<", 1)[1].rsplit(">>", 1)[0].strip())
+    instructions = [JUDGE_INSTRUCTION.format(label=labels[p.region], snippet=p.text, token=marked_token(p.text))
+                    for p in probes]
+    margins = judge.yes_margin(instructions, progress=progress)
+    out = {}
+    for k in dict.fromkeys(p.region for p in probes):
+        idx = [i for i, p in enumerate(probes) if p.region == k]
+        member, margin = np.array([probes[i].member for i in idx]), margins[idx]
+        both = member.any() and not member.all()
+        out[k] = {"balanced_accuracy": balanced_accuracy(member, margin > 0),
+                  "auroc": auroc(member, margin) if both else float("nan"),
+                  "yes_rate": float((margin > 0).mean()), "margins": margin.tolist()}
+    return out
+
+
+def shuffled(labels: dict[int, str], seed: int = 0) -> dict[int, str]:
+    """Each region gets another region's label (a random derangement of the sampled regions' labels)."""
+    ids = list(labels)
+    if len(ids) < 2:
+        raise ValueError("shuffling needs at least two labelled regions")
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(len(ids))
+        if not (perm == np.arange(len(ids))).any():
+            return {k: labels[ids[j]] for k, j in zip(ids, perm)}
+
+
+def sample_regions(dictionary, acts, n: int, min_heldout: int = 2, seed: int = 0) -> np.ndarray:
+    """``n`` regions at random among those with at least ``min_heldout`` held-out members in ``acts``
+    (a region with no held-out member cannot be scored); sorted ids."""
+    assigned, _ = dictionary.assign(acts.acts)
+    counts = np.bincount(assigned, minlength=len(dictionary))
+    eligible = np.flatnonzero(counts >= min_heldout)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(eligible, size=min(n, len(eligible)), replace=False))
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b over regions (NaN pairs dropped) and its 95% bootstrap interval, resampling regions."""
+    diff = np.asarray(a, float) - np.asarray(b, float)
+    diff = diff[~np.isnan(diff)]
+    if not len(diff):
+        return float("nan"), float("nan"), float("nan")
+    means = np.random.default_rng(seed).choice(diff, size=(n, len(diff))).mean(axis=1)
+    return float(diff.mean()), float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
+
+
+def verdict(interval: tuple[float, float, float]) -> bool | None:
+    """True if the interval lies above 0, False if below, None if it holds 0 (too few regions to tell)."""
+    _, lo, hi = interval
+    return True if lo > 0 else False if hi < 0 else None

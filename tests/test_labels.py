@@ -1,0 +1,114 @@
+"""Tests for ep.studies.labels: prompts, held-out probes, scores, the cache; one test asks the embedded chat model."""
+
+import numpy as np
+import pytest
+import torch
+
+from ep.method.builder import build_dictionary
+from ep.method.calibration import calibrate
+from ep.model.activations import ActivationBatch as Batch
+from ep.studies import labels as L
+
+
+@pytest.fixture(scope="module")
+def data():
+    g = np.random.default_rng(3)
+    centres = 3.0 * g.normal(size=(6, 10))
+    a = (centres[g.integers(0, 6, 700)] + g.normal(size=(700, 10)) + 2.0).astype(np.float32)
+    i = torch.arange(len(a))
+    batch = Batch(torch.from_numpy(a[:400]), i[:400] // 20, i[:400] % 20, i[:400] % 50)
+    d = build_dictionary([batch], calibrate(a[:400], 10.0, batch_size=200), n_samples=3, progress=False)
+    d = d.with_contexts(lambda doc, pos: (f"left{doc}\n", f"tok{doc}_{pos}", " right"))
+    held = Batch(torch.from_numpy(a[400:]), i[400:] // 20, i[400:] % 20, i[400:] % 50)
+    return d, held
+
+
+def test_marked_and_clean_label():
+    assert L.marked("a\nb ", "c", " d") == "a b <<c>> d"
+    assert L.clean_label('\n  Label: "Years in dates".\nmore') == "Years in dates"
+    assert L.clean_label("") == ""
+
+
+def test_label_instruction(data):
+    d, _ = data
+    text = L.label_instruction(d, 0, n_contexts=2)
+    doc, pos, _ = d.exemplar_context[0].tolist()
+    assert f"<<tok{doc}_{pos}>>" in text and text.count("\n- ") <= 2 and f"'tok{doc}_{pos}'" in text.split("\n")[0]
+
+
+def test_heldout_probes(data):
+    d, held = data
+    regions = L.sample_regions(d, held, 3, min_heldout=4)
+    assigned, _ = d.assign(held.acts)
+    assert len(regions) == 3 and all((assigned == k).sum() >= 4 for k in regions)
+    lookup = lambda doc, pos: ("L ", f"t{doc}_{pos}", " R")
+    probes = L.heldout_probes(d, held, lookup, regions, n_members=3, n_near=2, n_random=2)
+    where = {(int(held.doc[i]), int(held.pos[i])): int(assigned[i]) for i in range(len(held))}
+    for p in probes:
+        doc, pos = map(int, p.text.split("<<t")[1].split(">>")[0].split("_"))
+        assert p.member == (where[doc, pos] == p.region) == (p.kind == "member")
+        if p.kind == "near":
+            assert where[doc, pos] in d.neighbours(p.region, 5)[0]
+    kinds = [p.kind for p in probes if p.region == regions[0]]
+    assert kinds.count("member") == 3 and kinds.count("random") == 2
+
+
+def test_balanced_accuracy_and_shuffle():
+    member = np.array([1, 1, 1, 0], bool)
+    assert L.balanced_accuracy(member, np.ones(4, bool)) == 0.5  # always "yes" is chance, whatever the mix
+    assert L.balanced_accuracy(member, member) == 1.0
+    assert np.isnan(L.balanced_accuracy(np.ones(3, bool), np.ones(3, bool)))
+    labels = {k: f"label {k}" for k in range(5)}
+    mixed = L.shuffled(labels, seed=1)
+    assert sorted(mixed.values()) == sorted(labels.values()) and all(mixed[k] != labels[k] for k in labels)
+    with pytest.raises(ValueError):
+        L.shuffled({0: "x"})
+
+
+class FakeJudge(L.ChatModel):
+    """Says yes exactly when the label's word is in the snippet; counts the prompts it computes."""
+
+    def __init__(self, cache):
+        super().__init__("fake", cache, loader=None)
+        self.computed = 0
+
+    def yes_margin(self, instructions, progress=True):
+        def compute(chunk):
+            self.computed += len(chunk)
+            return [1.0 if t.split("\n")[0].removeprefix("Label: ") in t.split("Text:")[1].split("\n")[0] else -1.0
+                    for t in chunk]
+        return np.array(self._cached("judge", instructions, compute, progress, "judge"))
+
+
+def test_score_and_cache(tmp_path):
+    probes = [L.Probe(0, "a <<x>> b", True, "member"), L.Probe(0, "a <<y>> b", False, "near"),
+              L.Probe(1, "a <<y>> b", True, "member"), L.Probe(1, "a <<x>> b", False, "random")]
+    judge = FakeJudge(L.Cache(tmp_path / "cache.json"))
+    right = L.score(judge, probes, {0: "x", 1: "y"})
+    assert right[0]["balanced_accuracy"] == right[1]["balanced_accuracy"] == 1.0 and right[0]["auroc"] == 1.0
+    wrong = L.score(judge, probes, L.shuffled({0: "x", 1: "y"}))
+    assert wrong[0]["balanced_accuracy"] == 0.0 and judge.computed == 4  # the same 4 (label, snippet) pairs: cached
+    again = FakeJudge(L.Cache(tmp_path / "cache.json"))  # a rerun reads the file and computes nothing
+    assert L.score(again, probes, {0: "x", 1: "y"}) == right and again.computed == 0
+
+
+@pytest.mark.model
+def test_the_chat_model_labels_and_judges(tmp_path):
+    chat = L.ChatModel(cache=L.Cache(tmp_path / "cache.json"))
+    [label] = chat.write([L.LABEL_INSTRUCTION.format(tokens="'1850', '1923', '1812'", snippets="\n".join(
+        f"- {L.marked(a, b, c)}" for a, b, c in [("born in ", "1850", " in Paris"), ("until ", "1923", ", when"),
+                                                  ("the war of ", "1812", " ended")]))])
+    assert label and len(label) < 80
+    fit = lambda snippet, token: L.JUDGE_INSTRUCTION.format(label="years", snippet=snippet, token=token)
+    yes, no = chat.yes_margin([fit("It was founded in <<1901>> by", "'1901'"),
+                               fit("The <<cat>> sat on the mat", "'cat'")])
+    assert yes > no
+
+
+def test_paired_bootstrap():
+    a, b = np.array([0.9, 0.8, 0.85, 0.95]), np.array([0.5, 0.4, 0.55, 0.5])
+    mean, lo, hi = L.paired_bootstrap(a, b)
+    assert mean == pytest.approx(0.3875) and 0 < lo <= mean <= hi
+    assert L.paired_bootstrap(b, b)[1:] == (0.0, 0.0)
+    assert L.verdict(L.paired_bootstrap(a, b)) is True and L.verdict(L.paired_bootstrap(b, a)) is False
+    assert L.verdict(L.paired_bootstrap(np.array([0.6, 0.4]), np.array([0.4, 0.6]))) is None
