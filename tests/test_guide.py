@@ -18,7 +18,9 @@ def _markdown(path: Path) -> str:
 
 
 def _questions(path: Path) -> list[str]:
-    return re.findall(r"^> \*\*Discuss\.\*\* (.+)$", _markdown(path), re.M)
+    """Each **Discuss.** question, its continuation lines (a blockquote) joined."""
+    found = re.findall(r"^> \*\*Discuss\.\*\* (.+(?:\n> (?!\*\*Discuss).+)*)", _markdown(path), re.M)
+    return [" ".join(line.removeprefix("> ").strip() for line in q.split("\n")) for q in found]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

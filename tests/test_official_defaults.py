@@ -30,7 +30,12 @@ OFFICIAL = {  # parameter name -> (value, official file, function or main's CLI 
     ("06_sae", "percentile"): (10, "scripts/compare_sae.py", "main: --ep-percentile None -> 10"),
     ("09_stability", "layer"): (12, BUILD, "DEFAULT_LAYER"),
     # notebook 04: scripts/exp_behavioral.py main's CLI
+    ("04_refusal", "model_name"): ("google/gemma-2-2b-it", "scripts/exp_behavioral.py", "main --model"),
     ("04_refusal", "layer"): (20, "scripts/exp_behavioral.py", "main --layer"),
+    ("04_refusal", "percentiles"): ([5, 6, 8, 10, 12, 15, 20], "scripts/make_fig_refusal.py", "SOURCES"),
+    ("04_refusal", "seeds"): ([0, 1, 2, 3], "scripts/aggregate_reanchor.py", "SEEDS"),
+    ("04_refusal", "min_heldout_harmful"): (50, "scripts/exp_behavioral.py", "main --n-held-out-harmful"),
+    ("04_refusal", "seed"): (0, "scripts/exp_behavioral.py", "main: PROMPT_SEED = 0"),
     ("04_refusal", "percentile"): (8, "scripts/exp_behavioral.py", "main --percentile"),
     ("04_refusal", "n_build"): (300, "scripts/exp_behavioral.py", "main --n-prompts-per-side"),
     ("04_refusal", "top_k"): (5, "scripts/exp_behavioral.py", "main --top-k-refusal-partitions"),
