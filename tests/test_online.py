@@ -213,7 +213,7 @@ def test_no_internet_and_no_mirror_says_what_to_do(standin, tmp_path):
     """Nothing listens at the address: the one clear error naming EP_DATA_DIR."""
     env = {**online_env(standin, tmp_path), "EP_RAW_URL": "http://127.0.0.1:9/raw", "HF_ENDPOINT": "http://127.0.0.1:9"}
     code = ("from ep import data\nimport ep\nfor f in (lambda: data.instructions('harmful_val'),"
-            " lambda: next(data.corpus(3)), lambda: ep.Dictionary.from_hub('gemma-2-2b', 12, 10)):\n"
+            " lambda: next(data.corpus(max_docs=3)), lambda: ep.Dictionary.from_hub('gemma-2-2b', 12, 10)):\n"
             "    try:\n        f()\n    except ConnectionError as e:\n        print(str(e).replace(chr(10), ' '))\n")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     lines = done.stdout.strip().splitlines()
