@@ -399,6 +399,48 @@ def test_runs_generate_once_per_distinct_edit(gemma):
     assert runs(None).completions == R.generate(model, TEXTS[:2], max_new_tokens=3, progress=False).completions
 
 
+def test_shared_prompts_give_the_same_tokens_as_the_whole_model(gemma):
+    """Blocks below the edit run once (SharedPrompts): every edit at that block or later, the same tokens."""
+    from ep.model.generation import SharedPrompts, greedy
+
+    model, info = gemma
+    prompts = [t + s for t in TEXTS for s in ("", " And then")]  # 6 prompts of several lengths: 2 batches of 3
+    shared = SharedPrompts(model, prompts, 6, batch_size=4, add_special_tokens=True)
+    assert [len(b.input_ids) for b in shared.batches] == [3, 3]
+    g = torch.Generator().manual_seed(0)
+    edits = [None, Spy((6,)), I.Ablation(torch.randn(2, info.d_model, generator=g), (6,),
+                                         torch.randn(info.d_model, generator=g)),
+             I.Ablation(torch.randn(1, info.d_model, generator=g), (7, 12))]
+    before = ep.final_activations(model, TEXTS, 3, progress=False).acts
+    for edit in edits:
+        kwargs = dict(max_new_tokens=6, batch_size=4, edit=edit, add_special_tokens=True, progress=False)
+        assert greedy(model, prompts, shared=shared, **kwargs).tokens == greedy(model, prompts, **kwargs).tokens
+    strong = I.Ablation(torch.eye(info.d_model)[:64], (6,))
+    kwargs = dict(max_new_tokens=6, batch_size=4, add_special_tokens=True, progress=False)
+    unedited = greedy(model, prompts, **kwargs).tokens
+    assert greedy(model, prompts, edit=strong, shared=shared, **kwargs).tokens != unedited
+    # the skipped blocks are given back to nnsight: reading them afterwards reads the same activations
+    assert torch.equal(ep.final_activations(model, TEXTS, 3, progress=False).acts, before)
+    with pytest.raises(ValueError, match="below the shared blocks"):
+        greedy(model, prompts, edit=I.Ablation(torch.ones(1, info.d_model), (5,)), shared=shared, **kwargs)
+    with pytest.raises(ValueError, match="prompts and batch_size"):
+        greedy(model, prompts[:5], shared=shared, **kwargs)
+    with pytest.raises(ValueError, match="prompts and batch_size"):
+        greedy(model, prompts, shared=shared, **{**kwargs, "batch_size": 6})
+    with pytest.raises(ValueError, match="below must name"):
+        SharedPrompts(model, prompts, 0)
+
+
+def test_runs_share_the_blocks_below_their_edits(gemma):
+    model, info = gemma
+    runs = R.Runs(model, TEXTS, max_new_tokens=4, batch_size=2, progress=False)
+    e = torch.randn(info.d_model, generator=torch.Generator().manual_seed(2))
+    edited = runs(I.Ablation(e, (8,)))
+    assert list(runs.shared) == [8]
+    assert edited.completions == R.generate(model, TEXTS, max_new_tokens=4, batch_size=2, edit=I.Ablation(e, (8,)),
+                                            progress=False).completions
+
+
 @pytest.fixture(scope="module")
 def qwen():
     return ep.load_model("qwen2.5-coder-0.5b-instruct")

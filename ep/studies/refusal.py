@@ -45,7 +45,7 @@ from ..method.calibration import calibrate
 from ..method.dictionary import Dictionary
 from ..model.activations import ActivationBatch, token_activations
 from ..model.chat import chat_prompts  # noqa: F401  (part of this module's interface: R.chat_prompts)
-from ..model.generation import Edit, greedy
+from ..model.generation import Edit, SharedPrompts, greedy
 from ..model.interventions import diff_in_means, subspace_cosine
 
 # The paper's list (official scripts/exp_behavioral.py), matched in the first LABEL_CHARS characters.
@@ -137,7 +137,7 @@ class Generations:
 @torch.no_grad()
 def generate(model, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
              edit: Edit | None = None, record_layers: Sequence[int] = (), remote: bool | str = False,
-             progress: bool = True, desc: str = "generate") -> Generations:
+             progress: bool = True, desc: str = "generate", shared: SharedPrompts | None = None) -> Generations:
     """Greedy completions of chat-templated ``prompts``, in left-padded batches, optionally edited.
 
     One call of ``ep.model.generation.greedy`` (batching, edits at every step, ``remote``), decoded.
@@ -145,7 +145,7 @@ def generate(model, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_s
     each prompt's last token: ``final_acts``.
     """
     out = greedy(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, edit=edit,
-                 record_layers=record_layers, remote=remote, progress=progress, desc=desc)
+                 record_layers=record_layers, remote=remote, progress=progress, desc=desc, shared=shared)
     return Generations(list(prompts), out.texts(model.tokenizer), out.final_acts, out.last_token, out.length)
 
 
@@ -155,6 +155,8 @@ class Runs:
     A sweep asks for the same edit more than once: the token that tops the dictionary at one percentile often
     tops it at the next (an exemplar is an observed token, and the earliest tokens of the stream open regions at
     every θ). An edit with a ``key()`` (``ep.model.interventions.Ablation``) already generated is not run again.
+    The blocks below an edit run once for every edit at that block and later
+    (``ep.model.generation.SharedPrompts``): a sweep of many edits at one layer costs about the blocks it touches.
 
     >>> held_out = Runs(model, prompts, max_new_tokens=6)  # doctest: +SKIP
     >>> held_out(Ablation(e, (20,), centre), desc="exemplar")  # doctest: +SKIP
@@ -164,13 +166,24 @@ class Runs:
         self.model, self.prompts, self.kwargs = model, list(prompts), generate_kwargs
         self.done: dict = {}
         self.reused = 0
+        self.shared: dict[int, SharedPrompts] = {}  # first edited block -> the prompts run below it
+
+    def _shared(self, edit: Edit | None) -> SharedPrompts | None:
+        below = min(edit.layers) if edit is not None else 0
+        if below == 0 or self.kwargs.get("remote") or self.kwargs.get("record_layers"):
+            return None
+        if below not in self.shared:
+            self.shared[below] = SharedPrompts(self.model, self.prompts, below,
+                                               batch_size=self.kwargs.get("batch_size", 32))
+        return self.shared[below]
 
     def __call__(self, edit: Edit | None = None, desc: str = "generate") -> Generations:
         key = None if edit is None else edit.key()
         if key in self.done:
             self.reused += 1
         else:
-            self.done[key] = generate(self.model, self.prompts, edit=edit, desc=desc, **self.kwargs)
+            self.done[key] = generate(self.model, self.prompts, edit=edit, desc=desc, shared=self._shared(edit),
+                                      **self.kwargs)
         return self.done[key]
 
 
