@@ -32,10 +32,10 @@ from scipy.optimize import linear_sum_assignment
 
 from .method.calibration import spherical_centre, to_directions
 from .method.leader import leader_cluster_reference
-from .method.metrics import auroc
 from .model.activations import decoder_layers, token_activations
 from .model.generation import greedy
 from .model.interventions import diff_in_means, project_out
+from .studies.ood import in_vs_out_auroc
 from .studies.stability import resolution_parents
 from .studies.steering import Steer, toward_exemplar
 
@@ -188,7 +188,7 @@ def _best_cut(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def _auroc(inside: np.ndarray, outside: np.ndarray) -> float:
     """P(an outside text scores above an inside one), ties counting one half: the Mann-Whitney U / (n_in · n_out)."""
-    return float(auroc(np.r_[np.zeros(len(inside)), np.ones(len(outside))], np.r_[inside, outside]))
+    return float(in_vs_out_auroc(inside, outside))
 
 
 def _trace_block(model, text: str, layer: int) -> torch.Tensor:
