@@ -30,12 +30,13 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .method.calibration import spherical_centre, to_directions
+from .method.builder import saturation_stop
+from .method.calibration import document_batches, percentile_threshold, spherical_centre, to_directions
 from .method.leader import leader_cluster_reference
 from .model.activations import decoder_layers, token_activations
 from .model.generation import greedy
 from .model.interventions import diff_in_means, project_out
-from .studies.ood import in_vs_out_auroc
+from .studies.ood import coverage_stats, in_vs_out_auroc, per_document
 from .studies.stability import resolution_parents
 from .studies.steering import Steer, toward_exemplar
 
@@ -170,6 +171,66 @@ def _at_arrival(calib: np.ndarray, stream: np.ndarray, p: float) -> tuple[np.nda
         else:
             region[i] = int(np.argmax(sim))
     return np.array(exemplars), region
+
+
+def _theta_by_documents(u: np.ndarray, doc: np.ndarray, p: float, docs_per_batch: int) -> float:
+    """θ by the paper's protocol: the mean over batches of ``docs_per_batch`` whole documents (in stream order) of the
+    p-th percentile of within-batch pairwise distances (batches of one row skipped)."""
+    return percentile_threshold(u.astype(np.float32), p, batches=document_batches(doc, docs_per_batch))
+
+
+def _theta_pooled(u: np.ndarray, doc: np.ndarray, p: float, docs_per_batch: int) -> float:
+    """The mistake: every batch's pairs pooled into one percentile, instead of the mean of the batches' percentiles."""
+    pairs = [np.triu_indices(len(b), k=1) for b in document_batches(doc, docs_per_batch)]
+    batches = [u[b.numpy()] for b in document_batches(doc, docs_per_batch)]
+    return float(np.percentile(np.concatenate([1 - (x[i] * x[j]).sum(1) for x, (i, j) in zip(batches, pairs)]), p))
+
+
+def _leader_counts(u: np.ndarray, theta: float, nearest_at_arrival: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Exemplars and each region's members counted at arrival, with the nearest exemplar so far (the builder's
+    counts); ``nearest_at_arrival=False``: with the first exemplar within θ (a mistake)."""
+    exemplars = np.asarray(leader_cluster_reference(u, theta))
+    counts = np.zeros(len(exemplars), dtype=np.int64)
+    for i, x in enumerate(u):
+        known = exemplars[exemplars <= i]  # the exemplars so far (a new one counts itself)
+        distance = 1 - u[known] @ x
+        within = np.flatnonzero(distance <= theta) if nearest_at_arrival else np.flatnonzero(distance <= theta)[:1]
+        counts[within[np.argmin(distance[within])] if nearest_at_arrival else within[0]] += 1
+    return exemplars, counts
+
+
+def _final_counts(u: np.ndarray, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """The mistake: members counted by the final Voronoi cells, not with the nearest exemplar at arrival."""
+    exemplars = np.asarray(leader_cluster_reference(u, theta))
+    return exemplars, np.bincount(_assign(u, u[exemplars]), minlength=len(exemplars))
+
+
+def _stop_quiet_in_total(new_per_batch: np.ndarray, window: int) -> int:
+    """The mistake: the build stops at the window-th quiet batch, in a row or not."""
+    quiet = np.flatnonzero(np.cumsum(new_per_batch == 0) >= window)
+    return int(quiet[0]) if len(quiet) else -1
+
+
+def _stop_batch(new_per_batch: np.ndarray, window: int) -> int:
+    """The official stop rule on per-batch counts: the batch that ends the first run of ``window`` batches in a row
+    with no new region, or -1 if there is none (``ep.method.builder.saturation_stop``)."""
+    n = len(new_per_batch)
+    stop = saturation_stop(np.arange(1, n + 1) * 128, np.cumsum(new_per_batch), window, 128)
+    return -1 if stop is None else int(stop)
+
+
+def _coverage(distances: np.ndarray, theta: float) -> np.ndarray:
+    """[within-θ rate, mean, median, p90, p99] of nearest-exemplar distances (``ood.coverage_stats``)."""
+    c = coverage_stats(distances, theta)
+    return np.array([c[k] for k in ("within_threshold_rate", "mean_distance", "median_distance", "p90_distance",
+                                    "p99_distance")])
+
+
+def _refusal_rates(regions: np.ndarray, refused: np.ndarray, n_regions: int, min_members: int) -> np.ndarray:
+    """Each region's refusal rate over its members, -1 where it holds fewer than min_members."""
+    counts = np.bincount(regions, minlength=n_regions)
+    refusals = np.bincount(regions, weights=refused.astype(np.float64), minlength=n_regions)
+    return np.where(counts >= min_members, refusals / np.maximum(counts, 1), -1.0)
 
 
 def _best_cut_split_ties(scores: np.ndarray, labels: np.ndarray) -> float:
@@ -346,6 +407,40 @@ def _mini_build_inputs(rng: np.random.Generator) -> tuple:
     return draw(int(rng.integers(20, 40))), draw(int(rng.integers(30, 60))), float(rng.choice([5.0, 10.0, 20.0]))
 
 
+def _documents_inputs(rng: np.random.Generator) -> tuple:
+    n_docs, d = int(rng.integers(3, 12)), int(rng.integers(3, 8))
+    sizes = rng.integers(1, 9, size=n_docs)
+    sizes[-1] = 1  # a last batch of one row, when docs_per_batch divides n_docs - 1: skipped
+    doc = np.repeat(np.arange(n_docs), sizes)
+    u = _unit(rng.normal(size=(n_docs, d))[doc] * 2 + rng.normal(size=(len(doc), d)))
+    return u, doc, float(rng.choice([5.0, 10.0, 25.0])), int(rng.integers(1, 4))
+
+
+def _stop_inputs(rng: np.random.Generator) -> tuple:
+    n = int(rng.integers(4, 25))
+    new = rng.geometric(0.3, size=n) * (rng.random(n) < 0.6)  # some quiet batches
+    return new, int(rng.integers(1, 4))
+
+
+def _coverage_inputs(rng: np.random.Generator) -> tuple:
+    distances = np.round(rng.gamma(2.0, 0.15, size=int(rng.integers(5, 80))), 2)
+    return distances, float(rng.choice(distances))  # θ equal to some distances: ties at θ
+
+
+def _rates_inputs(rng: np.random.Generator) -> tuple:
+    n_regions, min_members = int(rng.integers(4, 15)), int(rng.integers(2, 6))
+    regions = rng.integers(0, n_regions - 1, size=int(rng.integers(20, 80)))  # the last region has no member
+    regions[:min_members] = 0  # region 0 holds exactly min_members ...
+    regions[min_members:][regions[min_members:] == 0] = 1
+    regions[min_members:2 * min_members - 1] = n_regions - 2 if n_regions > 3 else 1  # ... and some region fewer
+    return regions, rng.random(len(regions)) < 0.4, n_regions, min_members
+
+
+def _document_inputs(rng: np.random.Generator) -> tuple:
+    doc = np.sort(rng.integers(0, int(rng.integers(2, 10)), size=int(rng.integers(5, 60))))
+    return rng.gamma(2.0, 0.2, size=len(doc)), np.unique(doc, return_inverse=True)[1] * 3  # ids 0, 3, 6, ...
+
+
 def _best_cut_inputs(rng: np.random.Generator) -> tuple:
     n = int(rng.integers(10, 60))
     labels = rng.random(n) < 0.5
@@ -515,6 +610,49 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in [
         wrong={"first token's region": lambda f, c, n: np.array([c[f == i][0] if (f == i).any() else -1
                                                                  for i in range(n)]),
                "ties to the highest id": lambda f, c, n: _parent_ties_high(f, c, n)}),
+    Exercise(
+        "theta_by_documents", "02",
+        "theta_by_documents(u [N, d], doc [N], p, docs_per_batch) -> θ: mean over batches of whole documents",
+        _documents_inputs, _theta_by_documents, rtol=1e-4, atol=1e-5,
+        edge=lambda: [(DYADIC[:7], np.array([0, 0, 1, 1, 1, 2, 3]), 50.0, 2)],  # a last batch of one row
+        wrong={"all rows in one batch": lambda u, d, p, k: _theta(u, p),
+               "the batches' pairs pooled": _theta_pooled,
+               "batches of docs_per_batch rows, not documents": lambda u, d, p, k: _theta_by_documents(
+                   u, np.arange(len(u)) // max(1, 3 - k), p, k)}),
+    Exercise(
+        "leader_counts", "02",
+        "leader_counts(u [N, d], theta) -> (exemplars [K], members of each region counted at arrival [K])",
+        _leader_inputs, _leader_counts, edge=lambda: [(DYADIC, 0.5)],
+        wrong={"counted with the first exemplar within θ, not the nearest":
+                   lambda u, t: _leader_counts(u, t, nearest_at_arrival=False),
+               "counted by final cells, not at arrival": _final_counts}),
+    Exercise(
+        "stop_batch", "09", "stop_batch(new_per_batch [n], window) -> the batch that ends the build, or -1",
+        _stop_inputs, _stop_batch,
+        edge=lambda: [(np.array([3, 0, 2, 0, 0, 1]), 2), (np.array([0, 5, 1]), 1)],
+        wrong={"quiet batches counted in total, not in a row": _stop_quiet_in_total,
+               "the first quiet batch of the run, not the last": lambda n, w: _stop_batch(n, w) - (w - 1) * (
+                   _stop_batch(n, w) >= 0)}),
+    Exercise(
+        "coverage", "03", "coverage(distances [N], theta) -> [within-θ rate, mean, median, p90, p99]",
+        _coverage_inputs, _coverage,
+        wrong={"< instead of <= θ": lambda d, t: np.r_[(d < t).mean(), _coverage(d, t)[1:]],
+               "the rate of tokens beyond θ": lambda d, t: np.r_[(d > t).mean(), _coverage(d, t)[1:]]}),
+    Exercise(
+        "refusal_rates", "04",
+        "refusal_rates(regions [N], refused [N] bool, n_regions, min_members) -> [n_regions] rate, -1 if too few",
+        _rates_inputs, _refusal_rates,
+        edge=lambda: [(np.array([0, 0, 0, 1, 1, 2]), np.array([True, False, True, True, False, True]), 4, 2)],
+        wrong={"small regions not marked": lambda r, y, n, m: _refusal_rates(r, y, n, 1),
+               "> instead of >= min_members": lambda r, y, n, m: _refusal_rates(r, y, n, m + 1),
+               "refusals counted, not a rate": lambda r, y, n, m: np.where(
+                   _refusal_rates(r, y, n, m) < 0, -1.0, np.bincount(r, weights=y, minlength=n))}),
+    Exercise(
+        "per_document", "03", "per_document(scores [N], doc [N]) -> [n_docs] mean token score of each document",
+        _document_inputs, lambda s, d: per_document(s, d),
+        wrong={"sum, not mean": lambda s, d: np.array([s[d == k].sum() for k in np.unique(d)]),
+               "a row for every id up to the largest": lambda s, d: np.array(
+                   [s[d == k].mean() if (d == k).any() else 0.0 for k in range(d.max() + 1)])}),
     Exercise(
         "mini_build", "02",
         "mini_build(calib [M, d], stream [N, d], p) -> (exemplar indices [K], region of each stream row [N])",
@@ -907,6 +1045,63 @@ def majority_parent_solution(fine_ids, coarse_ids, n_fine):
         if len(mine):
             parent[f] = np.argmax(np.bincount(mine))  # argmax: ties go to the lowest id
     return parent
+
+
+def theta_by_documents_solution(u, doc, p, docs_per_batch):
+    starts = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]])  # the first row of each document
+    thetas = []
+    for first in range(0, len(starts), docs_per_batch):
+        lo = starts[first]
+        hi = starts[first + docs_per_batch] if first + docs_per_batch < len(starts) else len(doc)
+        batch = u[lo:hi]  # docs_per_batch whole documents, in stream order
+        if len(batch) >= 2:  # a batch of one row has no pair
+            i, j = np.triu_indices(len(batch), k=1)
+            thetas.append(np.percentile(1 - (batch[i] * batch[j]).sum(axis=1), p))
+    return np.mean(thetas)
+
+
+def leader_counts_solution(u, theta):
+    exemplars, counts = [], []
+    for i in range(len(u)):
+        if exemplars:
+            distance = 1 - u[exemplars] @ u[i]
+            nearest = int(np.argmin(distance))  # the nearest exemplar so far (ties: the earliest)
+        if not exemplars or distance[nearest] > theta:
+            exemplars.append(i)  # a new region, with its first member
+            counts.append(1)
+        else:
+            counts[nearest] += 1
+    return np.array(exemplars), np.array(counts)
+
+
+def stop_batch_solution(new_per_batch, window):
+    quiet = 0
+    for batch, new in enumerate(new_per_batch):
+        quiet = quiet + 1 if new == 0 else 0  # quiet batches in a row
+        if quiet == window:
+            return batch
+    return -1
+
+
+def coverage_solution(distances, theta):
+    return np.array([np.mean(distances <= theta), np.mean(distances), np.median(distances),
+                     np.percentile(distances, 90), np.percentile(distances, 99)])
+
+
+def refusal_rates_solution(regions, refused, n_regions, min_members):
+    rates = np.full(n_regions, -1.0)  # -1: too few members to say
+    for k in range(n_regions):
+        members = refused[regions == k]
+        if len(members) >= min_members:
+            rates[k] = members.mean()
+    return rates
+
+
+def per_document_solution(scores, doc):
+    means = []
+    for d in np.unique(doc):  # sorted document ids, each once
+        means.append(scores[doc == d].mean())
+    return np.array(means)
 
 
 def mini_build_solution(calib, stream, p):

@@ -189,3 +189,14 @@ def test_notebook_solutions_are_the_worked_solutions():
                 shown[name] = code
                 assert code.strip() == X.solution_source(name).strip(), f"{path.name}: {name} differs from ep"
     assert shown, "no exercise found in the notebooks"
+
+
+def solution_lines() -> int:
+    """Lines of code in the worked solutions, signatures included (blank and comment-only lines not counted)."""
+    return sum(1 for name in X.SOLUTIONS for line in X.solution_source(name).splitlines()
+               if line.strip() and not line.strip().startswith("#"))
+
+
+def test_the_worked_solutions_are_a_course_not_a_quiz():
+    """Learning by building: across the series the learner writes at least 150 lines (the method's parts included)."""
+    assert solution_lines() >= 150, solution_lines()
