@@ -5,8 +5,10 @@ percentile, the leader rule, ...). The learner writes a small function; ``check(
 and the reference on the exercise's edge cases (exact ties at θ, a region of one member, ...) and on
 freshly drawn inputs, and prints either a pass or the smallest failing input it can find, what was
 expected, what came back and, when the answer is a known mistake, which one in words. It never raises, so
-a wrong answer never stops the notebook: the story goes on with the reference. ``check(..., seed=S)``
-replays the inputs of a printed seed.
+a wrong answer never stops the notebook. ``checked(name, fn)`` checks and returns the function the notebook goes
+on with: the learner's own when it passes (01 and 02 build a dictionary from the learner's parts), else the worked
+solution, saying so. ``check(..., seed=S)`` replays the inputs of a printed seed. Two exercises write nnsight code
+(save a block's output; an edit inside generation): they take the notebook's model, ``check(..., model=model)``.
 
     >>> import numpy as np
     >>> check("membership_f1", lambda a, b: 2 * len(set(a) & set(b)) / (len(set(a)) + len(set(b))))
