@@ -5,8 +5,10 @@ percentile, the leader rule, ...). The learner writes a small function; ``check(
 and the reference on the exercise's edge cases (exact ties at θ, a region of one member, ...) and on
 freshly drawn inputs, and prints either a pass or the smallest failing input it can find, what was
 expected, what came back and, when the answer is a known mistake, which one in words. It never raises, so
-a wrong answer never stops the notebook: the story goes on with the reference. ``check(..., seed=S)``
-replays the inputs of a printed seed.
+a wrong answer never stops the notebook. ``checked(name, fn)`` checks and returns the function the notebook goes
+on with: the learner's own when it passes (01 and 02 build a dictionary from the learner's parts), else the worked
+solution, saying so. ``check(..., seed=S)`` replays the inputs of a printed seed. Two exercises write nnsight code
+(save a block's output; an edit inside generation): they take the notebook's model, ``check(..., model=model)``.
 
     >>> import numpy as np
     >>> check("membership_f1", lambda a, b: 2 * len(set(a) & set(b)) / (len(set(a)) + len(set(b))))
@@ -22,6 +24,7 @@ edge cases make every listed mistake fail every call (tests check it). Inputs an
 from __future__ import annotations
 
 import traceback
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -29,9 +32,13 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from .method.calibration import spherical_centre, to_directions
+from .method.builder import saturation_stop
+from .method.calibration import document_batches, percentile_threshold, spherical_centre, to_directions
 from .method.leader import leader_cluster_reference
+from .model.activations import decoder_layers, token_activations
+from .model.generation import greedy
 from .model.interventions import diff_in_means, project_out
+from .studies.ood import coverage_stats, in_vs_out_auroc, per_document
 from .studies.stability import resolution_parents
 from .studies.steering import Steer, toward_exemplar
 
@@ -47,6 +54,7 @@ class Exercise:
     edge: Callable[[], list[tuple]] = lambda: []  # inputs every call tries first (ties at θ, tiny regions, ...)
     rtol: float = 1e-5
     atol: float = 1e-6
+    needs_model: bool = False  # inputs(rng, model); the model is the first argument of the learner's function
 
 
 def _np(x) -> np.ndarray:
@@ -137,6 +145,155 @@ def _max_pooled(acts: np.ndarray, prefix: int, direction: np.ndarray) -> float:
 def _concept_region(pos_cos: np.ndarray, neg_cos: np.ndarray) -> int:
     """The region whose centred cosine is highest on positives relative to negatives."""
     return int(np.argmax(pos_cos.mean(axis=0) - neg_cos.mean(axis=0)))
+
+
+def _mini_build(calib: np.ndarray, stream: np.ndarray, p: float, centred: bool = True,
+                theta_from: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A dictionary from scratch: centre and θ frozen on calib, the leader rule over the stream, then the cells.
+    (``centred=False`` and ``theta_from`` make two of the exercise's known mistakes.)"""
+    centre = _np(spherical_centre(calib)).astype(np.float64) if centred else np.zeros(calib.shape[1])
+    theta = _theta(_np(to_directions(calib if theta_from is None else theta_from, centre)).astype(np.float64), p)
+    u = _np(to_directions(stream, centre)).astype(np.float64)
+    exemplars = np.asarray(leader_cluster_reference(u, theta))
+    return exemplars, _assign(u, u[exemplars])
+
+
+def _at_arrival(calib: np.ndarray, stream: np.ndarray, p: float) -> tuple[np.ndarray, np.ndarray]:
+    """The mini-build's mistake: each token kept in the region it joined at arrival, not its final Voronoi cell."""
+    centre = _np(spherical_centre(calib)).astype(np.float64)
+    theta = _theta(_np(to_directions(calib, centre)).astype(np.float64), p)
+    u = _np(to_directions(stream, centre)).astype(np.float64)
+    exemplars: list[int] = []
+    region = np.zeros(len(u), dtype=np.int64)
+    for i, x in enumerate(u):
+        sim = u[exemplars] @ x if exemplars else np.zeros(0)
+        if not exemplars or 1 - sim.max() > theta:
+            exemplars.append(i)
+            region[i] = len(exemplars) - 1
+        else:
+            region[i] = int(np.argmax(sim))
+    return np.array(exemplars), region
+
+
+def _theta_by_documents(u: np.ndarray, doc: np.ndarray, p: float, docs_per_batch: int) -> float:
+    """θ by the paper's protocol: the mean over batches of ``docs_per_batch`` whole documents (in stream order) of the
+    p-th percentile of within-batch pairwise distances (batches of one row skipped)."""
+    return percentile_threshold(u.astype(np.float32), p, batches=document_batches(doc, docs_per_batch))
+
+
+def _theta_pooled(u: np.ndarray, doc: np.ndarray, p: float, docs_per_batch: int) -> float:
+    """The mistake: every batch's pairs pooled into one percentile, instead of the mean of the batches' percentiles."""
+    pairs = [np.triu_indices(len(b), k=1) for b in document_batches(doc, docs_per_batch)]
+    batches = [u[b.numpy()] for b in document_batches(doc, docs_per_batch)]
+    return float(np.percentile(np.concatenate([1 - (x[i] * x[j]).sum(1) for x, (i, j) in zip(batches, pairs)]), p))
+
+
+def _leader_counts(u: np.ndarray, theta: float, nearest_at_arrival: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Exemplars and each region's members counted at arrival, with the nearest exemplar so far (the builder's
+    counts); ``nearest_at_arrival=False``: with the first exemplar within θ (a mistake)."""
+    exemplars = np.asarray(leader_cluster_reference(u, theta))
+    counts = np.zeros(len(exemplars), dtype=np.int64)
+    for i, x in enumerate(u):
+        known = exemplars[exemplars <= i]  # the exemplars so far (a new one counts itself)
+        distance = 1 - u[known] @ x
+        within = np.flatnonzero(distance <= theta) if nearest_at_arrival else np.flatnonzero(distance <= theta)[:1]
+        counts[within[np.argmin(distance[within])] if nearest_at_arrival else within[0]] += 1
+    return exemplars, counts
+
+
+def _final_counts(u: np.ndarray, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """The mistake: members counted by the final Voronoi cells, not with the nearest exemplar at arrival."""
+    exemplars = np.asarray(leader_cluster_reference(u, theta))
+    return exemplars, np.bincount(_assign(u, u[exemplars]), minlength=len(exemplars))
+
+
+def _stop_quiet_in_total(new_per_batch: np.ndarray, window: int) -> int:
+    """The mistake: the build stops at the window-th quiet batch, in a row or not."""
+    quiet = np.flatnonzero(np.cumsum(new_per_batch == 0) >= window)
+    return int(quiet[0]) if len(quiet) else -1
+
+
+def _stop_batch(new_per_batch: np.ndarray, window: int) -> int:
+    """The official stop rule on per-batch counts: the batch that ends the first run of ``window`` batches in a row
+    with no new region, or -1 if there is none (``ep.method.builder.saturation_stop``)."""
+    n = len(new_per_batch)
+    stop = saturation_stop(np.arange(1, n + 1) * 128, np.cumsum(new_per_batch), window, 128)
+    return -1 if stop is None else int(stop)
+
+
+def _coverage(distances: np.ndarray, theta: float) -> np.ndarray:
+    """[within-θ rate, mean, median, p90, p99] of nearest-exemplar distances (``ood.coverage_stats``)."""
+    c = coverage_stats(distances, theta)
+    return np.array([c[k] for k in ("within_threshold_rate", "mean_distance", "median_distance", "p90_distance",
+                                    "p99_distance")])
+
+
+def _refusal_rates(regions: np.ndarray, refused: np.ndarray, n_regions: int, min_members: int) -> np.ndarray:
+    """Each region's refusal rate over its members, -1 where it holds fewer than min_members."""
+    counts = np.bincount(regions, minlength=n_regions)
+    refusals = np.bincount(regions, weights=refused.astype(np.float64), minlength=n_regions)
+    return np.where(counts >= min_members, refusals / np.maximum(counts, 1), -1.0)
+
+
+def _best_cut_split_ties(scores: np.ndarray, labels: np.ndarray) -> float:
+    """The mistake: cuts between neighbours in sorted order, so tied scores can fall on both sides."""
+    y = labels.astype(bool)[np.argsort(scores, kind="stable")]
+    correct = [(~y[:i]).sum() + y[i:].sum() for i in range(len(y) + 1)]
+    return float(max(correct) / len(y))
+
+
+def _best_cut(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Best accuracy of the rule "positive iff score > t" over every t (tied scores always on one side)."""
+    cuts = np.concatenate([[-np.inf], np.unique(scores)])
+    above = scores[None, :] > cuts[:, None]
+    return float(((above == labels[None, :].astype(bool)).mean(axis=1)).max())
+
+
+def _auroc(inside: np.ndarray, outside: np.ndarray) -> float:
+    """P(an outside text scores above an inside one), ties counting one half: the Mann-Whitney U / (n_in · n_out)."""
+    return float(in_vs_out_auroc(inside, outside))
+
+
+def _trace_block(model, text: str, layer: int) -> torch.Tensor:
+    """Block ``layer``'s output [T, d] for every token of text, BOS included (a plain nnsight trace)."""
+    with torch.no_grad(), model.trace(text):
+        out = decoder_layers(model)[layer].output.save()
+    return out[0].float()
+
+
+def _layer_output(model, text: str, layer: int) -> np.ndarray:
+    """Block ``layer``'s output for each token of text after BOS, float32: what ``ep.token_activations`` streams."""
+    return _np(token_activations(model, [text], layer, progress=False).acts)
+
+
+def _steered_tokens(model, prompt: str, layer: int, vector: np.ndarray, n_new: int, sign: float = 1.0) -> np.ndarray:
+    """Greedy new tokens with ``vector`` added to block ``layer``'s output at every position of every step."""
+    edit = _AddVector(sign * torch.as_tensor(vector, dtype=torch.float32), (layer,))
+    return np.array(greedy(model, [prompt], max_new_tokens=n_new, edit=edit, add_special_tokens=True,
+                           progress=False).tokens[0])
+
+
+def _steered_first_step_only(model, prompt: str, layer: int, vector: np.ndarray, n_new: int) -> np.ndarray:
+    """The mistake: the edit made once, outside the loop over generation steps, so only the prompt pass sees it."""
+    n_prompt = len(model.tokenizer(prompt)["input_ids"])
+    with torch.no_grad(), model.generate(max_new_tokens=n_new, do_sample=False) as tracer:
+        with tracer.invoke(prompt):
+            block = model.model.layers[layer]
+            block.output = block.output + torch.as_tensor(vector).to(block.output)  # its dtype and device
+        with tracer.invoke():
+            ids = tracer.result.save()
+    return _np(ids[0, n_prompt:])
+
+
+@dataclass
+class _AddVector:
+    """An edit for ``ep.model.generation.greedy``: hidden + vector at the given blocks."""
+
+    vector: torch.Tensor
+    layers: tuple[int, ...]
+
+    def __call__(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        return hidden + self.vector.to(hidden.device, hidden.dtype)
 
 
 # -----------------------------------------------------------------------------
@@ -242,6 +399,76 @@ def _concept_inputs(rng: np.random.Generator) -> tuple:
     base = rng.uniform(-0.2, 0.6, size=k)
     neg = base * rng.uniform(0.2, 1.5, size=k) + rng.normal(0, 0.1, size=(25, k))
     return base + rng.normal(0, 0.1, size=(20, k)), neg
+
+
+def _mini_build_inputs(rng: np.random.Generator) -> tuple:
+    """Clustered activation-like rows: a calibration sample, then a stream from the same clusters."""
+    d, k = int(rng.integers(3, 7)), int(rng.integers(3, 7))
+    offset, centres = rng.normal(size=d) * 4.0, rng.normal(size=(k, d)) * 2.0
+    draw = lambda n: offset + centres[rng.integers(0, k, n)] + rng.normal(size=(n, d)) * 0.6  # noqa: E731
+    return draw(int(rng.integers(20, 40))), draw(int(rng.integers(30, 60))), float(rng.choice([5.0, 10.0, 20.0]))
+
+
+def _documents_inputs(rng: np.random.Generator) -> tuple:
+    n_docs, d = int(rng.integers(3, 12)), int(rng.integers(3, 8))
+    sizes = rng.integers(1, 9, size=n_docs)
+    sizes[-1] = 1  # a last batch of one row, when docs_per_batch divides n_docs - 1: skipped
+    doc = np.repeat(np.arange(n_docs), sizes)
+    u = _unit(rng.normal(size=(n_docs, d))[doc] * 2 + rng.normal(size=(len(doc), d)))
+    return u, doc, float(rng.choice([5.0, 10.0, 25.0])), int(rng.integers(1, 4))
+
+
+def _stop_inputs(rng: np.random.Generator) -> tuple:
+    n = int(rng.integers(4, 25))
+    new = rng.geometric(0.3, size=n) * (rng.random(n) < 0.6)  # some quiet batches
+    return new, int(rng.integers(1, 4))
+
+
+def _coverage_inputs(rng: np.random.Generator) -> tuple:
+    distances = np.round(rng.gamma(2.0, 0.15, size=int(rng.integers(5, 80))), 2)
+    return distances, float(rng.choice(distances))  # θ equal to some distances: ties at θ
+
+
+def _rates_inputs(rng: np.random.Generator) -> tuple:
+    n_regions, min_members = int(rng.integers(4, 15)), int(rng.integers(2, 6))
+    regions = rng.integers(0, n_regions - 1, size=int(rng.integers(20, 80)))  # the last region has no member
+    regions[:min_members] = 0  # region 0 holds exactly min_members ...
+    regions[min_members:][regions[min_members:] == 0] = 1
+    regions[min_members:2 * min_members - 1] = n_regions - 2 if n_regions > 3 else 1  # ... and some region fewer
+    return regions, rng.random(len(regions)) < 0.4, n_regions, min_members
+
+
+def _document_inputs(rng: np.random.Generator) -> tuple:
+    doc = np.sort(rng.integers(0, int(rng.integers(2, 10)), size=int(rng.integers(5, 60))))
+    return rng.gamma(2.0, 0.2, size=len(doc)), np.unique(doc, return_inverse=True)[1] * 3  # ids 0, 3, 6, ...
+
+
+def _best_cut_inputs(rng: np.random.Generator) -> tuple:
+    n = int(rng.integers(10, 60))
+    labels = rng.random(n) < 0.5
+    scores = np.round(labels * rng.uniform(0.2, 1.5) + rng.normal(size=n), 1)  # rounded: tied scores
+    return scores, labels
+
+
+def _auroc_inputs(rng: np.random.Generator) -> tuple:
+    inside = np.round(rng.gamma(2.0, 0.2, size=int(rng.integers(3, 30))), 2)
+    return inside, np.round(rng.gamma(2.0, 0.2, size=int(rng.integers(3, 30))) + rng.uniform(0, 0.4), 2)
+
+
+WORDS = ("the river city old light paper sound music water stone north garden king two seven market "
+         "winter song bridge school").split()
+
+
+def _text_inputs(rng: np.random.Generator, model) -> tuple:
+    text = " ".join(rng.choice(WORDS, size=int(rng.integers(3, 9)))).capitalize() + "."
+    return text, int(rng.integers(1, min(10, len(decoder_layers(model)))))
+
+
+def _steered_inputs(rng: np.random.Generator, model) -> tuple:
+    prompt, layer = _text_inputs(rng, model)
+    d = int(model.config.hidden_size)
+    vector = rng.normal(size=d)
+    return prompt, layer, 200.0 * vector / np.linalg.norm(vector) * float(rng.uniform(1, 2)), 4
 
 
 def _steer_inputs(rng: np.random.Generator) -> tuple:
@@ -386,6 +613,83 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in [
                                                                  for i in range(n)]),
                "ties to the highest id": lambda f, c, n: _parent_ties_high(f, c, n)}),
     Exercise(
+        "theta_by_documents", "02",
+        "theta_by_documents(u [N, d], doc [N], p, docs_per_batch) -> θ: mean over batches of whole documents",
+        _documents_inputs, _theta_by_documents, rtol=1e-4, atol=1e-5,
+        edge=lambda: [(DYADIC[:7], np.array([0, 0, 1, 1, 1, 2, 3]), 50.0, 2)],  # a last batch of one row
+        wrong={"all rows in one batch": lambda u, d, p, k: _theta(u, p),
+               "the batches' pairs pooled": _theta_pooled,
+               "batches of docs_per_batch rows, not documents": lambda u, d, p, k: _theta_by_documents(
+                   u, np.arange(len(u)) // max(1, 3 - k), p, k)}),
+    Exercise(
+        "leader_counts", "02",
+        "leader_counts(u [N, d], theta) -> (exemplars [K], members of each region counted at arrival [K])",
+        _leader_inputs, _leader_counts, edge=lambda: [(DYADIC, 0.5)],
+        wrong={"counted with the first exemplar within θ, not the nearest":
+                   lambda u, t: _leader_counts(u, t, nearest_at_arrival=False),
+               "counted by final cells, not at arrival": _final_counts}),
+    Exercise(
+        "stop_batch", "09", "stop_batch(new_per_batch [n], window) -> the batch that ends the build, or -1",
+        _stop_inputs, _stop_batch,
+        edge=lambda: [(np.array([3, 0, 2, 0, 0, 1]), 2), (np.array([0, 5, 1]), 1)],
+        wrong={"quiet batches counted in total, not in a row": _stop_quiet_in_total,
+               "the first quiet batch of the run, not the last": lambda n, w: _stop_batch(n, w) - (w - 1) * (
+                   _stop_batch(n, w) >= 0)}),
+    Exercise(
+        "coverage", "03", "coverage(distances [N], theta) -> [within-θ rate, mean, median, p90, p99]",
+        _coverage_inputs, _coverage,
+        wrong={"< instead of <= θ": lambda d, t: np.r_[(d < t).mean(), _coverage(d, t)[1:]],
+               "the rate of tokens beyond θ": lambda d, t: np.r_[(d > t).mean(), _coverage(d, t)[1:]]}),
+    Exercise(
+        "refusal_rates", "04",
+        "refusal_rates(regions [N], refused [N] bool, n_regions, min_members) -> [n_regions] rate, -1 if too few",
+        _rates_inputs, _refusal_rates,
+        edge=lambda: [(np.array([0, 0, 0, 1, 1, 2]), np.array([True, False, True, True, False, True]), 4, 2)],
+        wrong={"small regions not marked": lambda r, y, n, m: _refusal_rates(r, y, n, 1),
+               "> instead of >= min_members": lambda r, y, n, m: _refusal_rates(r, y, n, m + 1),
+               "refusals counted, not a rate": lambda r, y, n, m: np.where(
+                   _refusal_rates(r, y, n, m) < 0, -1.0, np.bincount(r, weights=y, minlength=n))}),
+    Exercise(
+        "per_document", "03", "per_document(scores [N], doc [N]) -> [n_docs] mean token score of each document",
+        _document_inputs, lambda s, d: per_document(s, d),
+        wrong={"sum, not mean": lambda s, d: np.array([s[d == k].sum() for k in np.unique(d)]),
+               "a row for every id up to the largest": lambda s, d: np.array(
+                   [s[d == k].mean() if (d == k).any() else 0.0 for k in range(d.max() + 1)])}),
+    Exercise(
+        "mini_build", "02",
+        "mini_build(calib [M, d], stream [N, d], p) -> (exemplar indices [K], region of each stream row [N])",
+        _mini_build_inputs, _mini_build,
+        wrong={"not centred": lambda c, s, p: _mini_build(c, s, p, centred=False),
+               "θ from the stream, not the calibration": lambda c, s, p: _mini_build(c, s, p, theta_from=s),
+               "regions at arrival, not the nearest exemplar": _at_arrival}),
+    Exercise(
+        "layer_output", "01", "layer_output(model, text, layer) -> [T, d] block `layer`'s output, BOS dropped",
+        _text_inputs, _layer_output, needs_model=True, rtol=1e-3, atol=1e-3,
+        wrong={"BOS kept": lambda m, t, k: _np(_trace_block(m, t, k)),
+               "the block's input (the previous block's output)": lambda m, t, k: _np(_trace_block(m, t, k - 1)[1:])}),
+    Exercise(
+        "steered_tokens", "08",
+        "steered_tokens(model, prompt, layer, vector [d], n_new) -> greedy new token ids, vector added at every step",
+        _steered_inputs, _steered_tokens, needs_model=True,
+        wrong={"the edit made once, so only the prompt pass is steered": _steered_first_step_only,
+               "subtracted, not added": lambda m, t, k, v, n: _steered_tokens(m, t, k, v, n, sign=-1.0)}),
+    Exercise(
+        "auroc", "03", "auroc(inside [n1], outside [n2]) -> P(an outside score > an inside one), ties counting 1/2",
+        _auroc_inputs, _auroc, edge=lambda: [(np.array([0.1, 0.2, 0.2]), np.array([0.2, 0.3]))],
+        wrong={"ties counted as wins": lambda a, b: float((b[:, None] >= a[None, :]).mean()),
+               "ties ignored": lambda a, b: float((b[:, None] > a[None, :]).mean()),
+               "inside and outside swapped": lambda a, b: 1.0 - _auroc(a, b)}),
+    Exercise(
+        "best_cut_accuracy", "04",
+        "best_cut_accuracy(scores [N], labels [N] bool) -> best accuracy of 'positive iff score > t' over all t",
+        _best_cut_inputs, _best_cut,
+        edge=lambda: [(np.array([0.0, 0.0, 1.0]), np.array([False, True, True])),
+                      (np.array([0.5, 1.0, 2.0]), np.array([True, True, True])),  # all positive: cut below all
+                      (np.array([1.0, 2.0, 3.0]), np.array([True, False, False]))],  # reversed: no flipping
+        wrong={"tied scores split between the sides": _best_cut_split_ties,
+               "no cut below every score": lambda s, y: float(max(((s > t) == y).mean() for t in np.unique(s))),
+               "the flipped rule allowed too": lambda s, y: max(_best_cut(s, y), _best_cut(-s, y))}),
+    Exercise(
         "concept_region", "07", "concept_region(pos_cos [Np, K], neg_cos [Nn, K]) -> region id",
         _concept_inputs, _concept_region,
         wrong={"positives only": lambda p, n: int(np.argmax(p.mean(0)))}),
@@ -420,8 +724,20 @@ def _leader_last(u: np.ndarray, theta: float) -> np.ndarray:
 # -----------------------------------------------------------------------------
 # checking
 
+def _length(x) -> str:
+    return f"of {len(x)}" if isinstance(x, (tuple, list)) else ""
+
+
 def _same(got, want, ex: Exercise) -> str | None:
     """None when got matches want, else a short description of the difference."""
+    if isinstance(want, tuple):
+        if not isinstance(got, tuple) or len(got) != len(want):
+            return f"returned {type(got).__name__} {_length(got)}, expected a tuple of {len(want)}"
+        for k, (g, w) in enumerate(zip(got, want)):
+            diff = _same(g, w, ex)
+            if diff is not None:
+                return f"part {k} of the tuple: {diff}"
+        return None
     if isinstance(want, set):
         got = set(map(tuple, got)) if got and not isinstance(next(iter(got)), (int, np.integer)) else set(got)
         return None if got == want else f"missing {sorted(want - got)[:5]}, unexpected {sorted(got - want)[:5]}"
@@ -451,6 +767,8 @@ def _show(args: tuple, names: list[str]) -> str:
             out.append(f"{name}: array of shape {a.shape}")
         elif isinstance(a, list):
             out.append(f"{name}: list of {len(a)} arrays")
+        elif not isinstance(a, (str, int, float, np.generic)):
+            out.append(f"{name}: the notebook's {type(a).__name__}")
         else:
             out.append(f"{name} = {a!r}")
     return "\n    ".join(out)
@@ -528,11 +846,27 @@ def _shrink(ex: Exercise, fn: Callable, args: tuple, budget: int = 200) -> tuple
     return tuple(args)
 
 
+def _verdict(ex: Exercise, fn: Callable, cases: list[tuple[str, tuple]], names: list[str]) -> str | None:
+    """None when fn passes every case, else what to tell the learner about the first failing one."""
+    try:
+        for label, args in cases:
+            if _failure(ex, fn, args) is not None:
+                mistakes = _known_mistakes(ex, fn, args)  # on the whole input: a shrunk one tells fewer apart
+                small = args if ex.needs_model else _shrink(ex, fn, args)  # a model call is slow: no shrinking
+                return f"wrong on {label}: {_failure(ex, fn, small)}." + \
+                    (f" This is a known mistake: {' or '.join(mistakes)}." if mistakes else "") + \
+                    "\n  The smallest failing input found:\n    " + _show(small, names)
+    except NotImplementedError:
+        return "not written yet (it raises NotImplementedError): fill in the function and run the cell again"
+    return None
+
+
 def check(name: str, fn: Callable, trials: int = 6, must_pass: bool = False, quiet: bool = False,
-          seed: int | None = None) -> bool:
+          seed: int | None = None, model=None) -> bool:
     """Run ``fn`` against exercise ``name``'s reference on its edge cases and ``trials`` fresh inputs; print
     and return the verdict. On a failure it prints the smallest failing input it finds and, when the answer
-    matches a known mistake, names it. ``seed``: replay the random inputs of an earlier call.
+    matches a known mistake, names it. ``seed``: replay the random inputs of an earlier call. ``model``: the
+    notebook's model, for the exercises that trace one (its first argument).
 
     Never raises for a wrong or unfinished answer (unless ``must_pass``, which CI uses with the solutions
     filled in): the notebook goes on with the reference either way."""
@@ -541,29 +875,35 @@ def check(name: str, fn: Callable, trials: int = 6, must_pass: bool = False, qui
     ex = EXERCISES[name]
     seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else int(seed)
     rng = np.random.default_rng(seed)
+    if ex.needs_model and model is None:
+        raise TypeError(f"exercise {name} runs on a model: check({name!r}, your_function, model=model)")
+    draw = (lambda: (model, *ex.inputs(rng, model))) if ex.needs_model else (lambda: ex.inputs(rng))
     cases = [("an edge case", args) for args in ex.edge()]
-    cases += [(f"random input {t + 1} of {trials}", ex.inputs(rng)) for t in range(trials)]
+    cases += [(f"random input {t + 1} of {trials}", draw()) for t in range(trials)]
     names = list(inspect.signature(SOLUTIONS[name]).parameters)  # the names the notebook's stub uses
-    verdict = None
-    try:
-        for label, args in cases:
-            if _failure(ex, fn, args) is not None:
-                mistakes = _known_mistakes(ex, fn, args)  # on the whole input: a shrunk one tells fewer apart
-                small = _shrink(ex, fn, args)
-                verdict = f"wrong on {label}: {_failure(ex, fn, small)}." + \
-                    (f" This is a known mistake: {' or '.join(mistakes)}." if mistakes else "") + \
-                    "\n  The smallest failing input found:\n    " + _show(small, names)
-                break
-    except NotImplementedError:
-        verdict = "not written yet (it raises NotImplementedError): fill in the function and run the cell again"
+    with warnings.catch_warnings():  # nnsight warns each time an open generation loop ends, by design
+        warnings.filterwarnings("ignore", message=".*was never reached.*")
+        verdict = _verdict(ex, fn, cases, names)
     if not quiet:
         edges = len(cases) - trials
         print(f"✓ {name}: matches the reference on {edges} edge case{'s' * (edges != 1)} and {trials} random inputs"
               if verdict is None else
-              f"✗ {name}: {verdict}\n  (replay these inputs: ep.exercises.check({name!r}, your_function, seed={seed}))")
+              f"✗ {name}: {verdict}\n  (replay these inputs: ep.exercises.check({name!r}, your_function, seed={seed}"
+              f"{', model=model' if ex.needs_model else ''}))")
     if must_pass and verdict is not None:
         raise AssertionError(f"exercise {name}: {verdict}")
     return verdict is None
+
+
+def checked(name: str, fn: Callable, must_pass: bool = False, model=None, **kwargs) -> Callable:
+    """``check`` the learner's function, then return the function the notebook goes on with: the learner's own
+    when it passes, else the worked solution (saying so in one line), so a wrong answer never breaks what follows.
+
+    >>> assign = checked("assign", assign)  # doctest: +SKIP"""
+    if check(name, fn, must_pass=must_pass, model=model, **kwargs):
+        return fn
+    print(f"→ the notebook goes on with the worked solution of {name}, not yours")
+    return SOLUTIONS[name]
 
 
 def solution(name: str) -> Callable:
@@ -574,8 +914,9 @@ def solution(name: str) -> Callable:
 def solution_source(name: str) -> str:
     """The worked solution's source, as the notebook's solution dropdown shows it."""
     import inspect
+    import re
 
-    return inspect.getsource(SOLUTIONS[name]).replace(f"def {name}_solution(", f"def {name}(")
+    return re.sub(r"\b(\w+)_solution\(", r"\1(", inspect.getsource(SOLUTIONS[name]))  # calls of other solutions too
 
 
 def for_notebook(notebook: str) -> list[Exercise]:
@@ -706,6 +1047,103 @@ def majority_parent_solution(fine_ids, coarse_ids, n_fine):
         if len(mine):
             parent[f] = np.argmax(np.bincount(mine))  # argmax: ties go to the lowest id
     return parent
+
+
+def theta_by_documents_solution(u, doc, p, docs_per_batch):
+    starts = np.flatnonzero(np.r_[True, doc[1:] != doc[:-1]])  # the first row of each document
+    thetas = []
+    for first in range(0, len(starts), docs_per_batch):
+        lo = starts[first]
+        hi = starts[first + docs_per_batch] if first + docs_per_batch < len(starts) else len(doc)
+        batch = u[lo:hi]  # docs_per_batch whole documents, in stream order
+        if len(batch) >= 2:  # a batch of one row has no pair
+            i, j = np.triu_indices(len(batch), k=1)
+            thetas.append(np.percentile(1 - (batch[i] * batch[j]).sum(axis=1), p))
+    return np.mean(thetas)
+
+
+def leader_counts_solution(u, theta):
+    exemplars, counts = [], []
+    for i in range(len(u)):
+        if exemplars:
+            distance = 1 - u[exemplars] @ u[i]
+            nearest = int(np.argmin(distance))  # the nearest exemplar so far (ties: the earliest)
+        if not exemplars or distance[nearest] > theta:
+            exemplars.append(i)  # a new region, with its first member
+            counts.append(1)
+        else:
+            counts[nearest] += 1
+    return np.array(exemplars), np.array(counts)
+
+
+def stop_batch_solution(new_per_batch, window):
+    quiet = 0
+    for batch, new in enumerate(new_per_batch):
+        quiet = quiet + 1 if new == 0 else 0  # quiet batches in a row
+        if quiet == window:
+            return batch
+    return -1
+
+
+def coverage_solution(distances, theta):
+    return np.array([np.mean(distances <= theta), np.mean(distances), np.median(distances),
+                     np.percentile(distances, 90), np.percentile(distances, 99)])
+
+
+def refusal_rates_solution(regions, refused, n_regions, min_members):
+    rates = np.full(n_regions, -1.0)  # -1: too few members to say
+    for k in range(n_regions):
+        members = refused[regions == k]
+        if len(members) >= min_members:
+            rates[k] = members.mean()
+    return rates
+
+
+def per_document_solution(scores, doc):
+    means = []
+    for d in np.unique(doc):  # sorted document ids, each once
+        means.append(scores[doc == d].mean())
+    return np.array(means)
+
+
+def mini_build_solution(calib, stream, p):
+    centre = spherical_centre_solution(calib)  # frozen on the calibration rows
+    theta = theta_percentile_solution(to_directions_solution(calib, centre), p)
+    u = to_directions_solution(stream, centre)
+    exemplars = leader_rule_solution(u, theta)  # in arrival order
+    return exemplars, assign_solution(u, u[exemplars])  # the Voronoi cells, once the stream is over
+
+
+def layer_output_solution(model, text, layer):
+    with torch.no_grad(), model.trace(text):
+        out = model.model.layers[layer].output.save()  # [1, T, d]: the residual stream after block `layer`
+    return out[0, 1:].float().numpy()  # BOS dropped
+
+
+def steered_tokens_solution(model, prompt, layer, vector, n_new):
+    n_prompt = len(model.tokenizer(prompt)["input_ids"])
+    with torch.no_grad(), model.generate(max_new_tokens=n_new, do_sample=False) as tracer:
+        with tracer.invoke(prompt):
+            for _ in tracer.all():  # every generation step: the prompt pass, then one new token at a time
+                block = model.model.layers[layer]
+                block.output = block.output + torch.as_tensor(vector).to(block.output)  # its dtype and device
+        with tracer.invoke():  # after the loop has ended
+            ids = tracer.result.save()
+    return ids[0, n_prompt:].numpy()
+
+
+def auroc_solution(inside, outside):
+    above = (outside[:, None] > inside[None, :]).sum()  # pairs where the outside text scores higher
+    tied = (outside[:, None] == inside[None, :]).sum()
+    return (above + 0.5 * tied) / (len(inside) * len(outside))
+
+
+def best_cut_accuracy_solution(scores, labels):
+    best = 0.0
+    for t in np.concatenate([[-np.inf], np.unique(scores)]):  # below every score, then at each distinct score
+        accuracy = np.mean((scores > t) == labels)
+        best = max(best, accuracy)
+    return best
 
 
 SOLUTIONS: dict[str, Callable] = {name.removesuffix("_solution"): fn for name, fn in list(globals().items())

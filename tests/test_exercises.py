@@ -5,7 +5,8 @@ import pytest
 
 from ep import exercises as X
 
-NAMES = sorted(X.EXERCISES)
+NAMES = sorted(n for n, e in X.EXERCISES.items() if not e.needs_model)
+ON_A_MODEL = sorted(n for n, e in X.EXERCISES.items() if e.needs_model)  # nnsight exercises: checked on Gemma 3 270M
 
 
 def test_at_least_two_per_notebook():
@@ -41,6 +42,34 @@ def test_wrong_answer_fails_every_call_and_is_named(name, mistake, capsys):
     X.check(name, wrong)
     out = capsys.readouterr().out
     assert "✗" in out and "seed=" in out and "known mistake: " in out and mistake in out
+
+
+@pytest.mark.parametrize("name", ON_A_MODEL)
+def test_model_exercise_reference_and_solution_pass_and_mistakes_fail(name, gemma, capsys):
+    """The nnsight exercises: the worked solution (a learner's trace) agrees with ep's code; each mistake fails every
+    call of a few seeds (a model call is slow) and is named."""
+    model, _ = gemma
+    assert X.check(name, X.EXERCISES[name].reference, trials=2, model=model)
+    assert X.check(name, X.solution(name), trials=4, model=model, quiet=True)
+    for mistake, wrong in X.EXERCISES[name].wrong.items():
+        assert not any(X.check(name, wrong, trials=3, seed=seed, model=model, quiet=True) for seed in range(3)), mistake
+        capsys.readouterr()
+        X.check(name, wrong, trials=2, model=model)
+        out = capsys.readouterr().out
+        assert "known mistake: " in out and mistake in out and "model=model" in out
+
+
+def test_model_exercise_without_the_model_says_how():
+    with pytest.raises(TypeError, match="model=model"):
+        X.check(ON_A_MODEL[0], X.solution(ON_A_MODEL[0]))
+
+
+def test_checked_goes_on_with_the_learners_function_or_the_solution(capsys):
+    mine = X.solution("assign")
+    assert X.checked("assign", mine) is mine
+    wrong = X.EXERCISES["assign"].wrong["least similar"]
+    assert X.checked("assign", wrong) is X.solution("assign")
+    assert "goes on with the worked solution of assign" in capsys.readouterr().out
 
 
 def test_seed_replays_the_same_inputs(capsys):
@@ -160,3 +189,14 @@ def test_notebook_solutions_are_the_worked_solutions():
                 shown[name] = code
                 assert code.strip() == X.solution_source(name).strip(), f"{path.name}: {name} differs from ep"
     assert shown, "no exercise found in the notebooks"
+
+
+def solution_lines() -> int:
+    """Lines of code in the worked solutions, signatures included (blank and comment-only lines not counted)."""
+    return sum(1 for name in X.SOLUTIONS for line in X.solution_source(name).splitlines()
+               if line.strip() and not line.strip().startswith("#"))
+
+
+def test_the_worked_solutions_are_a_course_not_a_quiz():
+    """Learning by building: across the series the learner writes at least 150 lines (the method's parts included)."""
+    assert solution_lines() >= 150, solution_lines()
