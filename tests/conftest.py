@@ -1,4 +1,5 @@
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,29 @@ def gemma():
     from ep.model.loading import load_model
 
     return load_model("gemma-3-270m", dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """One headless Chromium (selenium) for every test that opens a page: the browser, the sphere, the book, the slides.
+
+    Skipped where Chromium is not installed (Debian: apt-get install chromium chromium-driver), except in CI
+    (``CI`` set), which installs it: there a missing browser is a failure, not a skip."""
+    binary, driver_path = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (binary and driver_path):
+        if os.environ.get("CI"):
+            pytest.fail("CI needs headless Chromium: apt-get install chromium chromium-driver")
+        pytest.skip("headless Chromium not installed (Debian: apt-get install chromium chromium-driver)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
+        opts.add_argument(flag)
+    opts.binary_location = binary
+    driver = webdriver.Chrome(service=Service(driver_path), options=opts)
+    yield driver
+    driver.quit()
 
 
 MODEL_FIXTURES = {"gemma", "qwen"}  # fixtures that load a real embedded model

@@ -2,7 +2,6 @@
 
 import json
 import re
-import shutil
 
 import numpy as np
 import pytest
@@ -82,22 +81,6 @@ def test_subset_and_errors(d, tmp_path):
         browser(d, tmp_path, labels=["x"])
 
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="headless Chromium not installed "
-                    "(Debian: apt-get install chromium chromium-driver); CI installs it")
-def test_in_chromium(d, site):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        opts.add_argument(flag)
-    opts.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    try:
-        check_site(driver, site, search="second", expect=1)
-        assert not driver.execute_script("return window.pwned")
-    finally:
-        driver.quit()
+def test_in_chromium(d, site, chromium):
+    check_site(chromium, site, search="second", expect=1)
+    assert not chromium.execute_script("return window.pwned")

@@ -1,7 +1,6 @@
 """Tests for ep.show.sphere: the lattice, the projection, the scene's Voronoi cells, the static figure, and the
 interactive page drawn and rotated in headless Chromium."""
 
-import shutil
 
 import numpy as np
 import pytest
@@ -37,13 +36,7 @@ def test_static_figure():
     assert ax.get_title() == "toy" and len(ax.collections) == 3
 
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-
-
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="headless Chromium not installed")
-def test_interactive_page_draws_and_rotates(tmp_path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+def test_interactive_page_draws_and_rotates(tmp_path, chromium):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
 
@@ -51,18 +44,10 @@ def test_interactive_page_draws_and_rotates(tmp_path):
     page.write_text("<!DOCTYPE html><meta charset='utf-8'><title>s2</title>"
                     + sphere_html(fibonacci_sphere(40), np.eye(3), title="<toy>", element_id="t"))
     assert "<toy>" not in page.read_text()
-    opts = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        opts.add_argument(flag)
-    opts.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    try:
-        driver.get(page.as_uri())
-        pixels = "return Array.from(document.getElementById('canvas-t').getContext('2d')" \
-                 ".getImageData(0, 0, 420, 420).data).join(',')"
-        before = driver.execute_script(pixels)
-        assert any(v != "0" for v in before.split(",")[3::4])  # something was drawn
-        ActionChains(driver).drag_and_drop_by_offset(driver.find_element(By.ID, "canvas-t"), 80, 30).perform()
-        assert driver.execute_script(pixels) != before  # dragging rotated the sphere
-    finally:
-        driver.quit()
+    chromium.get(page.as_uri())
+    pixels = "return Array.from(document.getElementById('canvas-t').getContext('2d')" \
+             ".getImageData(0, 0, 420, 420).data).join(',')"
+    before = chromium.execute_script(pixels)
+    assert any(v != "0" for v in before.split(",")[3::4])  # something was drawn
+    ActionChains(chromium).drag_and_drop_by_offset(chromium.find_element(By.ID, "canvas-t"), 80, 30).perform()
+    assert chromium.execute_script(pixels) != before  # dragging rotated the sphere

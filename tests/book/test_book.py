@@ -8,7 +8,6 @@ dictionary browsers the book carries (docs/build_book.py) are searched and click
 
 import os
 import re
-import shutil
 import sys
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -21,30 +20,11 @@ sys.path.insert(0, str(REPO / "tests"))
 from browser_check import check_site  # noqa: E402
 from build_book import build  # noqa: E402
 
-CHROMIUM, DRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-needs_browser = pytest.mark.skipif(
-    not (CHROMIUM and DRIVER) and not os.environ.get("CI"),
-    reason="headless Chromium not installed (Debian: apt-get install chromium chromium-driver); CI installs it")
-
 
 @pytest.fixture(scope="module")
 def book(tmp_path_factory):
     executed = Path(os.environ.get("EP_BOOK_EXECUTED", REPO / "outputs" / "tests"))
     return build(executed, tmp_path_factory.mktemp("book") / "html").parent
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        opts.add_argument(flag)
-    opts.binary_location = CHROMIUM
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    yield driver
-    driver.quit()
 
 
 def _pages(book: Path) -> list[Path]:
@@ -69,15 +49,14 @@ def test_local_links_resolve(book):
     assert not broken, broken[:10]
 
 
-@needs_browser
-def test_pages_load_with_their_figures(book, browser):
+def test_pages_load_with_their_figures(book, chromium):
     figures = {}
     for page in _pages(book):
-        browser.get(page.as_uri())
-        assert browser.execute_script("return document.readyState") == "complete"
-        title = browser.title
+        chromium.get(page.as_uri())
+        assert chromium.execute_script("return document.readyState") == "complete"
+        title = chromium.title
         assert title and "404" not in title, page
-        images = browser.execute_script(
+        images = chromium.execute_script(
             "return Array.from(document.images).map(i => [i.src, i.complete && i.naturalWidth > 0])")
         images = [(src, ok) for src, ok in images if src.startswith(("file:", "data:"))]  # badges need the web
         bad = [src for src, ok in images if not ok]
@@ -104,7 +83,6 @@ def test_dictionary_browsers_are_linked_and_whole(book):
     assert not broken, broken[:10]
 
 
-@needs_browser
-def test_dictionary_browsers_in_chromium(book, browser):
+def test_dictionary_browsers_in_chromium(book, chromium):
     for site in _browsers(book):
-        check_site(browser, site)
+        check_site(chromium, site)

@@ -29,27 +29,13 @@ def decks(tmp_path_factory):
     return build(executed, tmp_path_factory.mktemp("slides"), Path(LIBS))
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
-        opts.add_argument(flag)
-    opts.binary_location = shutil.which("chromium")
-    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=opts)
-    yield driver
-    driver.quit()
-
-
-def _wait(browser, script: str, seconds: float = 15.0):
+def _wait(chromium, script: str, seconds: float = 15.0):
     end = time.time() + seconds
     while time.time() < end:
-        if value := browser.execute_script(script):
+        if value := chromium.execute_script(script):
             return value
         time.sleep(0.2)
-    return browser.execute_script(script)
+    return chromium.execute_script(script)
 
 
 def test_a_deck_per_chapter(decks):
@@ -57,20 +43,20 @@ def test_a_deck_per_chapter(decks):
         {p.stem for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")}
 
 
-def test_decks_open_advance_and_show_their_figures(decks, browser):
+def test_decks_open_advance_and_show_their_figures(decks, chromium):
     from selenium.webdriver.common.keys import Keys
 
     for deck in decks:
-        browser.get(deck.as_uri())
-        assert _wait(browser, "return document.querySelector('.reveal.ready') !== null"), f"{deck.name}: not ready"
-        sections = browser.execute_script("return document.querySelectorAll('.slides > section').length")
+        chromium.get(deck.as_uri())
+        assert _wait(chromium, "return document.querySelector('.reveal.ready') !== null"), f"{deck.name}: not ready"
+        sections = chromium.execute_script("return document.querySelectorAll('.slides > section').length")
         assert sections >= 3, f"{deck.name}: {sections} slides: the headings did not split it"
-        first = browser.execute_script("return document.querySelector('section.present').innerText.slice(0, 80)")
-        browser.find_element("css selector", "body").send_keys(Keys.ARROW_RIGHT)
-        moved = _wait(browser, f"return document.querySelector('section.present').innerText.slice(0, 80) !== "
+        first = chromium.execute_script("return document.querySelector('section.present').innerText.slice(0, 80)")
+        chromium.find_element("css selector", "body").send_keys(Keys.ARROW_RIGHT)
+        moved = _wait(chromium, f"return document.querySelector('section.present').innerText.slice(0, 80) !== "
                                f"{first!r}")
         assert moved, f"{deck.name}: the right arrow did not advance"
-        images = browser.execute_script(
+        images = chromium.execute_script(
             "return Array.from(document.images).filter(i => i.src.startsWith('data:'))"
             ".map(i => i.complete && i.naturalWidth > 0)")
         assert images and all(images), f"{deck.name}: {images.count(False)} of {len(images)} figures did not decode"
