@@ -6,7 +6,6 @@ import torch
 
 from ep.method.builder import build_dictionary
 from ep.method.calibration import calibrate
-from ep.method.metrics import auroc
 from ep.model.activations import ActivationBatch as Batch
 from ep.model.loading import transformers_model
 from ep.studies import labels as L
@@ -28,7 +27,7 @@ def data():
 def test_marked_and_clean_label():
     assert L.marked("a\nb ", "c", " d") == "a b <<c>> d"
     assert L.clean_label('\n  Label: "Years in dates".\nmore') == "Years in dates"
-    assert L.clean_label("") == ""
+    assert L.clean_label("") == "" and L.clean_label("the word 'A'.") == "the word 'A'"
 
 
 def test_label_instruction(data):
@@ -99,28 +98,7 @@ def test_score_and_cache(tmp_path):
     assert L.score(again, probes, {0: "x", 1: "y"}) == right and again.computed == 0
 
 
-# Obvious (label, context, fits?) cases: the judge's prompt was chosen on these, never on a dictionary's regions.
-OBVIOUS = [
-    ("years", "It was founded in <<1901>> by", True), ("years", "The <<cat>> sat on the mat", False),
-    ("animals", "The <<cat>> sat on the mat", True), ("animals", "It was founded in <<1901>> by", False),
-    ("names of cities", "She moved to <<Paris>> in May", True), ("names of cities", "She moved <<to>> Paris", False),
-    ("verbs of motion", "The boy <<ran>> home", True), ("verbs of motion", "The <<blue>> car", False),
-    ("the word 'the'", "He saw <<the>> dog", True), ("the word 'the'", "He <<saw>> the dog", False),
-    ("closing brackets", "f(x<<)>> + 1", True), ("closing brackets", "the <<sun>> rose", False),
-    ("years", "In <<1999>>, the", True), ("animals", "a <<dog>> barked", True), ("animals", "a dog <<barked>>", False),
-    ("names of cities", "<<London>> is big", True), ("names of cities", "London <<is>> big", False),
-    ("body parts", "she broke her <<arm>> skiing", True), ("body parts", "she broke her arm <<skiing>>", False),
-    ("school and education", "children go to <<school>> at five", True),
-    ("school and education", "the <<river>> flooded", False),
-    ("numbers", "there were <<twelve>> of them", True), ("numbers", "there <<were>> twelve of them", False),
-    ("food", "we ate <<bread>> and cheese", True), ("food", "we <<ate>> bread and cheese", False),
-]
 JUDGE_AUROC_BOUND = 0.85  # measured 0.91 (bf16), 0.92 (float32); zero-shot 0.83, with the context 0.68
-
-
-def judge_auroc(chat, shots=L.JUDGE_SHOTS) -> float:
-    margins = chat.yes_margin([L.judge_instruction(label, text) for label, text, _ in OBVIOUS], shots=shots)
-    return auroc(np.array([fits for *_, fits in OBVIOUS]), margins)
 
 
 @pytest.mark.model
@@ -130,10 +108,10 @@ def test_the_chat_model_labels_and_judges(tmp_path):
         f"- {L.marked(a, b, c)}" for a, b, c in [("born in ", "1850", " in Paris"), ("until ", "1923", ", when"),
                                                   ("the war of ", "1812", " ended")]))])
     assert label and len(label) < 80 and label not in {answer for _, answer in L.LABEL_SHOTS}, label
-    assert judge_auroc(chat) >= JUDGE_AUROC_BOUND
+    assert L.obvious_auroc(chat) >= JUDGE_AUROC_BOUND
     # the worked turns run once and are reused (a prefix cache): the margins are those of the whole prompts
     tok, hf = chat.model.tokenizer, transformers_model(chat.model)
-    questions = [L.judge_instruction(label, text) for label, text, _ in OBVIOUS[:4]]
+    questions = [L.judge_instruction(label, text) for label, text, _ in L.OBVIOUS[:4]]
     prefix, turns = L.chat_turns(tok, questions, L.JUDGE_SHOTS)
     assert prefix.count("Category:") == len(L.JUDGE_SHOTS) and all(t.count("Category:") == 1 for t in turns)
     yes, no = (tok.encode(w, add_special_tokens=False)[0] for w in ("Yes", "No"))

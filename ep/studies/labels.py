@@ -10,7 +10,7 @@ Labels for regions written by a local chat model, and scored the way SAEBench's 
    nearest regions, and tokens at random). The answer is read from one forward pass: the logit of "Yes" minus
    the logit of "No" for the reply's first token (no sampling). The judge is asked whether *the word* belongs to
    the label's category, after four worked turns (:data:`JUDGE_SHOTS`); the context is left out. Both choices
-   were made on a fixed set of obvious (label, word) cases in ``tests/test_labels.py``, never on a dictionary's
+   were made on a fixed set of obvious (label, word) cases (:data:`OBVIOUS`), never on a dictionary's
    regions: there a 0.5B judge shown the context separated fitting from unfitting words barely better than
    chance, and without worked turns it said Yes to everything with nearly the same margin.
 3. **Score.** Per region, the AUROC of the Yes-No margin against membership: the main score, free of any
@@ -59,7 +59,7 @@ def _label_shot(contexts: list[tuple[str, str, str]], label: str) -> tuple[str, 
                                                                       for left, t, right in contexts)), label
 
 
-# Worked turns (instruction, answer) shown before every prompt; none is about a case the tests judge.
+# Worked turns (instruction, answer) shown before every prompt; the judge's use no category of OBVIOUS.
 LABEL_SHOTS = (
     _label_shot([("she wore a ", "red", " dress to"), ("under a clear ", "blue", " sky"),
                  ("painted the door ", "green", " last year")], "colours"),
@@ -70,6 +70,25 @@ LABEL_SHOTS = (
 )
 JUDGE_SHOTS = tuple((JUDGE_INSTRUCTION.format(label=label, token=repr(word)), answer) for label, word, answer in (
     ("colours", "red", "Yes"), ("colours", "house", "No"), ("numbers", "seven", "Yes"), ("numbers", "walk", "No")))
+
+
+# Obvious (label, context, fits?) cases: the judge's prompt was chosen on these, never on a dictionary's regions;
+# tests/test_labels.py asserts the judge separates them. A judge that cannot do this cannot score labels.
+OBVIOUS = [
+    ("years", "It was founded in <<1901>> by", True), ("years", "The <<cat>> sat on the mat", False),
+    ("animals", "The <<cat>> sat on the mat", True), ("animals", "It was founded in <<1901>> by", False),
+    ("names of cities", "She moved to <<Paris>> in May", True), ("names of cities", "She moved <<to>> Paris", False),
+    ("verbs of motion", "The boy <<ran>> home", True), ("verbs of motion", "The <<blue>> car", False),
+    ("the word 'the'", "He saw <<the>> dog", True), ("the word 'the'", "He <<saw>> the dog", False),
+    ("closing brackets", "f(x<<)>> + 1", True), ("closing brackets", "the <<sun>> rose", False),
+    ("years", "In <<1999>>, the", True), ("animals", "a <<dog>> barked", True), ("animals", "a dog <<barked>>", False),
+    ("names of cities", "<<London>> is big", True), ("names of cities", "London <<is>> big", False),
+    ("body parts", "she broke her <<arm>> skiing", True), ("body parts", "she broke her arm <<skiing>>", False),
+    ("school and education", "children go to <<school>> at five", True),
+    ("school and education", "the <<river>> flooded", False),
+    ("weather", "heavy <<rain>> fell all night", True), ("weather", "heavy rain <<fell>> all night", False),
+    ("food", "we ate <<bread>> and cheese", True), ("food", "we <<ate>> bread and cheese", False),
+]
 
 
 def marked(left: str, token: str, right: str) -> str:
@@ -181,10 +200,13 @@ class ChatModel:
 
 
 def clean_label(text: str) -> str:
-    """A reply's first non-empty line, without surrounding quotes, a 'Label:' prefix or a final full stop."""
+    """A reply's first non-empty line, without a 'Label:' prefix, a final full stop or quotes around it all (quotes
+    inside stay: "the word 'A'")."""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
-    line = line.removeprefix("Label:").removeprefix("label:").strip()
-    return line.strip("\"'`*. ")
+    line = line.removeprefix("Label:").removeprefix("label:").strip(" *`").rstrip(".").strip()
+    while len(line) > 1 and line[0] == line[-1] and line[0] in "\"'":
+        line = line[1:-1].strip()
+    return line
 
 
 def label_instruction(dictionary, k: int, n_contexts: int = 8, width: int = 60) -> str:
@@ -270,6 +292,13 @@ def score(judge: ChatModel, probes: list[Probe], labels: dict[int, str], progres
                   "balanced_accuracy": balanced_accuracy(member, margin > cut),
                   "yes_rate": float((margin > cut).mean()), "threshold": cut, "margins": margin.tolist()}
     return out
+
+
+def obvious_auroc(judge: ChatModel, shots=JUDGE_SHOTS) -> float:
+    """The judge's AUROC on :data:`OBVIOUS`: how well it tells fitting from unfitting words when the label is right."""
+    margins = judge.yes_margin([judge_instruction(label, text) for label, text, _ in OBVIOUS], progress=False,
+                               shots=shots)
+    return auroc(np.array([fits for *_, fits in OBVIOUS]), margins)
 
 
 def shuffled(labels: dict[int, str], seed: int = 0) -> dict[int, str]:
