@@ -98,7 +98,8 @@ def test_score_and_cache(tmp_path):
     assert L.score(again, probes, {0: "x", 1: "y"}) == right and again.computed == 0
 
 
-JUDGE_AUROC_BOUND = 0.85  # measured 0.91 (bf16), 0.92 (float32); zero-shot 0.83, with the context 0.68
+JUDGE_AUROC_BOUND = 0.85  # measured 0.89 (bf16), 0.94 (float32); the earlier prompt, with the context and no worked
+#                            turns, 0.65 (bf16), 0.69 (float32): this test fails with it
 
 
 @pytest.mark.model

@@ -11,8 +11,9 @@ Labels for regions written by a local chat model, and scored the way SAEBench's 
    the logit of "No" for the reply's first token (no sampling). The judge is asked whether *the word* belongs to
    the label's category, after four worked turns (:data:`JUDGE_SHOTS`); the context is left out. Both choices
    were made on a fixed set of obvious (label, word) cases (:data:`OBVIOUS`), never on a dictionary's
-   regions: there a 0.5B judge shown the context separated fitting from unfitting words barely better than
-   chance, and without worked turns it said Yes to everything with nearly the same margin.
+   regions. There a 0.5B judge shown the whole context ranked fitting words only a little above unfitting ones,
+   with nearly the same margin for every case; asked about the word alone it did much better, and the worked
+   turns added a little more.
 3. **Score.** Per region, the AUROC of the Yes-No margin against membership: the main score, free of any
    threshold. A small judge's margins are all on one side of 0 (it leans to "Yes"), so a fixed threshold at 0
    would make it say Yes to every context. For a balanced accuracy ((TPR + TNR) / 2: 0.5 is chance whatever the
