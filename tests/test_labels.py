@@ -7,6 +7,7 @@ import torch
 from ep.method.builder import build_dictionary
 from ep.method.calibration import calibrate
 from ep.model.activations import ActivationBatch as Batch
+from ep.model.loading import transformers_model
 from ep.studies import labels as L
 
 
@@ -26,14 +27,14 @@ def data():
 def test_marked_and_clean_label():
     assert L.marked("a\nb ", "c", " d") == "a b <<c>> d"
     assert L.clean_label('\n  Label: "Years in dates".\nmore') == "Years in dates"
-    assert L.clean_label("") == ""
+    assert L.clean_label("") == "" and L.clean_label("the word 'A'.") == "the word 'A'"
 
 
 def test_label_instruction(data):
     d, _ = data
     text = L.label_instruction(d, 0, n_contexts=2)
     doc, pos, _ = d.exemplar_context[0].tolist()
-    assert f"<<tok{doc}_{pos}>>" in text and text.count("\n- ") <= 2 and f"'tok{doc}_{pos}'" in text.split("\n")[0]
+    assert f"<<tok{doc}_{pos}>>" in text and text.count("\n- ") <= 2 and f"Marked words: 'tok{doc}_{pos}'" in text
 
 
 def test_heldout_probes(data):
@@ -66,18 +67,19 @@ def test_balanced_accuracy_and_shuffle():
 
 
 class FakeJudge(L.ChatModel):
-    """Says yes exactly when the label's word is in the snippet; counts the prompts it computes."""
+    """Margin +1 exactly when the label is the marked word, else -1 (+0.5 for the word 'x'); counts what it computes."""
 
     def __init__(self, cache):
         super().__init__("fake", cache, loader=None)
         self.computed = 0
 
-    def yes_margin(self, instructions, progress=True):
+    def yes_margin(self, instructions, progress=True, shots=()):
         def compute(chunk):
             self.computed += len(chunk)
-            return [1.0 if t.split("\n")[0].removeprefix("Label: ") in t.split("Text:")[1].split("\n")[0] else -1.0
-                    for t in chunk]
-        return np.array(self._cached("judge", instructions, compute, progress, "judge"))
+            label_and_word = [t.split("\n")[0].removeprefix("Category: ") + t.split("\n")[1].removeprefix("Word: ")
+                              for t in chunk]
+            return [1.0 if lw in ("x'x'", "y'y'") else 0.5 if lw.endswith("'x'") else -1.0 for lw in label_and_word]
+        return np.array(self._cached("judge", instructions, compute, progress, "judge", shots))
 
 
 def test_score_and_cache(tmp_path):
@@ -86,10 +88,18 @@ def test_score_and_cache(tmp_path):
     judge = FakeJudge(L.Cache(tmp_path / "cache.json"))
     right = L.score(judge, probes, {0: "x", 1: "y"})
     assert right[0]["balanced_accuracy"] == right[1]["balanced_accuracy"] == 1.0 and right[0]["auroc"] == 1.0
+    assert right[0]["threshold"] == 0.75  # the median margin of the 4 contexts (1, -1, 1, 0.5), not 0
+    at_zero = L.score(judge, probes, {0: "x", 1: "y"}, threshold=0.0)
+    assert at_zero[1]["balanced_accuracy"] == 0.5 and at_zero[1]["auroc"] == 1.0  # 'x' under 'y' scores +0.5: a Yes
     wrong = L.score(judge, probes, L.shuffled({0: "x", 1: "y"}))
-    assert wrong[0]["balanced_accuracy"] == 0.0 and judge.computed == 4  # the same 4 (label, snippet) pairs: cached
+    assert wrong[0]["balanced_accuracy"] == 0.0 and wrong[0]["auroc"] == 0.0
+    assert judge.computed == 4  # the same 4 (label, word) pairs: cached
     again = FakeJudge(L.Cache(tmp_path / "cache.json"))  # a rerun reads the file and computes nothing
     assert L.score(again, probes, {0: "x", 1: "y"}) == right and again.computed == 0
+
+
+JUDGE_AUROC_BOUND = 0.85  # measured 0.89 (bf16), 0.94 (float32); the earlier prompt, with the context and no worked
+#                            turns, 0.65 (bf16), 0.69 (float32): this test fails with it
 
 
 @pytest.mark.model
@@ -98,11 +108,22 @@ def test_the_chat_model_labels_and_judges(tmp_path):
     [label] = chat.write([L.LABEL_INSTRUCTION.format(tokens="'1850', '1923', '1812'", snippets="\n".join(
         f"- {L.marked(a, b, c)}" for a, b, c in [("born in ", "1850", " in Paris"), ("until ", "1923", ", when"),
                                                   ("the war of ", "1812", " ended")]))])
-    assert label and len(label) < 80
-    fit = lambda snippet, token: L.JUDGE_INSTRUCTION.format(label="years", snippet=snippet, token=token)
-    yes, no = chat.yes_margin([fit("It was founded in <<1901>> by", "'1901'"),
-                               fit("The <<cat>> sat on the mat", "'cat'")])
-    assert yes > no
+    assert label and len(label) < 80 and label not in {answer for _, answer in L.LABEL_SHOTS}, label
+    assert L.obvious_auroc(chat) >= JUDGE_AUROC_BOUND
+    # the worked turns run once and are reused (a prefix cache): the margins are those of the whole prompts
+    tok, hf = chat.model.tokenizer, transformers_model(chat.model)
+    questions = [L.judge_instruction(label, text) for label, text, _ in L.OBVIOUS[:4]]
+    prefix, turns = L.chat_turns(tok, questions, L.JUDGE_SHOTS)
+    assert prefix.count("Category:") == len(L.JUDGE_SHOTS) and all(t.count("Category:") == 1 for t in turns)
+    yes, no = (tok.encode(w, add_special_tokens=False)[0] for w in ("Yes", "No"))
+    whole = []
+    with torch.no_grad():
+        for turn in turns:  # one at a time: no padding
+            ids = tok(prefix + turn, return_tensors="pt", add_special_tokens=False)["input_ids"]
+            logits = hf(input_ids=ids.to(hf.device)).logits[0, -1].float()
+            whole.append(float(logits[yes] - logits[no]))
+    rounding = 1e-3 if next(hf.parameters()).dtype == torch.float32 else 0.25  # bf16 keeps ~3 significant digits
+    assert np.allclose(chat.yes_margin(questions), whole, atol=rounding)
 
 
 def test_paired_bootstrap():
