@@ -65,7 +65,7 @@ def dictionary_browsers(executed: Path, out: Path) -> dict[str, Path]:
 
     sites = {}
     own = ep.Dictionary.load(results / "02_dictionary.safetensors")
-    name, layer = own.meta["config"]["model"], own.meta["config"]["layer"]
+    name, layer = own.config.model, own.config.layer
     sites["02_dictionary"] = ep.show.browser(own, out / "02_dictionary", lens=region_lens(model(name), own),
                                              title=f"Notebook 02's dictionary ({Path(name).name}, layer {layer})")
     published = ep.Dictionary.from_hub("gemma-3-270m", 9, 10)

@@ -26,6 +26,7 @@ from .method.calibration import (
     spherical_centre,
     to_directions,
 )
+from .method.config import BuildConfig
 from .method.device import warm_vml
 from .method.dictionary import Dictionary, DictionaryFormatError
 from .method.leader import LeaderClustering, leader_cluster, leader_cluster_reference
@@ -37,7 +38,7 @@ from .model.activations import (
     token_activations,
 )
 from .model.loading import load_model
-from .model.pipeline import BuildConfig, build
+from .model.pipeline import build
 from .show.claims import Claims
 from .show.notebook import save_results, setup
 

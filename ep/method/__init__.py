@@ -3,6 +3,7 @@
 - ``leader``: leader clustering of unit rows, the plain reference loop and the fast exact one;
 - ``calibration``: the frozen spherical centre and the percentile threshold θ;
 - ``dictionary``: the ``Dictionary`` (a Voronoi partition around exemplars) and its file format;
+- ``config``: ``BuildConfig``, every setting of a build and its defaults, kept in the dictionary's file;
 - ``builder``: streaming construction of a dictionary from activation batches;
 - ``published``: the paper's published dictionaries, opened without running code from the file;
 - ``metrics``: detection metrics (AUROC) shared by the studies;

@@ -11,7 +11,10 @@ without pickle.
 Schema 2 adds human-readable contexts, so a region can be shown without the documents:
 ``with_contexts(lookup)`` stores (left text, token, right text) for every stored context, and
 ``documents`` can hold the texts the ``doc`` column indexes (the published dictionaries keep
-prompt texts, not token ids; see ep.method.published). Schema-1 files still load.
+prompt texts, not token ids; see ep.method.published). Schema 3 keeps the calibration's record nested in
+``meta["calibration"]`` and, for a dictionary made by ``ep.build``, the ``BuildConfig`` in ``meta["config"]``
+(``Dictionary.calibration`` and ``Dictionary.config`` give them back typed). Schema-1 and -2 files still load:
+their flat ``calibration_*`` keys are moved into the nested record as they are read (``_upgrade_meta``).
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .calibration import check_acts, load_arrays, save_arrays, to_directions
+from .calibration import Calibration, check_acts, load_arrays, save_arrays, to_directions
+from .config import BuildConfig
 
-SCHEMA_VERSION = 2  # 2: + strings / documents and the *_text arrays; 1 still loads
+SCHEMA_VERSION = 3  # 3: meta["calibration"] nested; 2: + strings / documents and the *_text arrays; 1 and 2 still load
 _META_KEY = "ep_dictionary"  # the single key in the safetensors __metadata__
 
 
@@ -331,6 +335,18 @@ class Dictionary:
         """True when every stored context carries its text (see with_contexts)."""
         return bool((self.exemplar_text >= 0).all())
 
+    @property
+    def config(self) -> BuildConfig | None:
+        """The settings and provenance of the ``ep.build`` that made this dictionary (None if it was not made so)."""
+        record = self.meta.get("config")
+        return BuildConfig.from_dict(record) if isinstance(record, dict) else None
+
+    @property
+    def calibration(self) -> Calibration:
+        """The calibration the dictionary was built with: its centre, θ, and what the build recorded of the rest."""
+        record = self.meta.get("calibration")
+        return Calibration.from_record(self.centre, self.threshold, record if isinstance(record, dict) else {})
+
     def save(self, path) -> None:
         """Atomically write one .safetensors file (arrays + checksummed JSON header)."""
         save_arrays(path, self._arrays(), self._info(), _META_KEY)
@@ -343,8 +359,8 @@ class Dictionary:
 
         return from_hub(model_short, layer, percentile, **kwargs)
 
-    @staticmethod
-    def load(path) -> Dictionary:
+    @classmethod
+    def load(cls, path) -> Dictionary:
         """Read and fully validate a file written by save(); raises DictionaryFormatError."""
         try:
             arrays, info = load_arrays(path, _META_KEY)
@@ -354,7 +370,7 @@ class Dictionary:
         if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
             raise DictionaryFormatError(f"{path}: schema version {version} was written by a newer ep; this code "
                                         f"reads versions 1-{SCHEMA_VERSION}: upgrade ep to open it")
-        if version not in (1, SCHEMA_VERSION) or isinstance(version, bool):
+        if version not in range(1, SCHEMA_VERSION + 1) or isinstance(version, bool):
             raise DictionaryFormatError(f"{path}: schema version {version!r}, this code reads versions "
                                         f"1-{SCHEMA_VERSION}")
         if not isinstance(info.get("meta"), dict):
@@ -368,7 +384,28 @@ class Dictionary:
             for t in _STRING_TABLES:
                 extra[t] = unpack_strings(arrays.pop(f"{t}_utf8"), arrays.pop(f"{t}_offsets"))
         _validate(arrays, info.get("threshold"))
-        return Dictionary(threshold=info["threshold"], meta=info["meta"], **arrays, **extra)
+        return cls(threshold=info["threshold"], meta=_upgrade_meta(info["meta"], version), **arrays, **extra)
+
+
+_FLAT_CALIBRATION = {"percentile": "percentile", "calibration_tokens": "n_tokens", "calibration_seed": "seed",
+                     "calibration_batch_size": "batch_size", "calibration_protocol": "protocol",
+                     "calibration_docs_per_batch": "docs_per_batch"}  # schema <= 2 key -> Calibration field
+
+
+def _upgrade_meta(meta: dict, version: int) -> dict:
+    """A schema-1/2 file's meta in the schema-3 shape: the builder's flat calibration keys (and its copy of θ)
+    nested as ``meta["calibration"]``; ``ep.build``'s second copies of model, layer and context length dropped
+    (its ``config`` holds them). A published conversion (no calibration keys) keeps its meta as it was."""
+    if version >= 3 or "calibration_tokens" not in meta:
+        return meta
+    meta = dict(meta)
+    record = {field: meta.pop(key) for key, field in _FLAT_CALIBRATION.items() if key in meta}
+    for key in ("threshold", "schema_version"):  # the file's header holds both
+        meta.pop(key, None)
+    if isinstance(meta.get("config"), dict):
+        for key in ("model", "layer", "context_length"):
+            meta.pop(key, None)
+    return {**meta, "calibration": {k: v for k, v in record.items() if v is not None}}
 
 
 def _triple(t) -> tuple[str, str, str]:
