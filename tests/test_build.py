@@ -2,6 +2,7 @@
 
 import dataclasses
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,6 +37,13 @@ def test_build_records_its_config_and_shows_regions(gemma, tmp_path, monkeypatch
     d.save(tmp_path / "d.safetensors")
     loaded = ep.Dictionary.load(tmp_path / "d.safetensors")
     assert loaded.config == cfg and loaded.calibration.record() == cal.record()
+    # new text, in one call: the dictionary's layer (3) and context length (32)
+    new = ["The river bank was flooded.", "def f(x):\n    return x"]
+    assigned = loaded.assign_texts(model, new)
+    region, distance = d.assign(ep.token_activations(model, new, 3, context_length=32, progress=False).acts)
+    assert np.array_equal(assigned.region, region) and np.array_equal(assigned.distance, distance)
+    assert sorted(set(assigned.doc.tolist())) == [0, 1] and len(assigned.tokens) == len(region)
+    assert "".join(t for t, _, _ in assigned.text(0)) == new[0]  # every token, in order, as text
     # a config reused: the same settings, another layer; overrides must name a setting
     other = ep.build(model, texts, 2, cfg, progress=False)
     assert other.config == dataclasses.replace(cfg, layer=2)

@@ -7,6 +7,7 @@ import torch
 import ep.method.dictionary as epd
 from ep.method.builder import build_dictionary
 from ep.method.calibration import calibrate, save_arrays
+from ep.method.config import BuildConfig
 from ep.method.dictionary import Dictionary, DictionaryFormatError, pack_strings, unpack_strings
 from ep.model.activations import ActivationBatch as Batch
 from ep.show.display import Contexts
@@ -92,7 +93,8 @@ def test_schema_1_file_still_loads(small, tmp_path):
 def test_schema_2_file_still_loads(small, tmp_path):
     """A schema-2 file kept the calibration flat in meta (and ep.build's model and layer twice): it loads nested."""
     cal = small.calibration
-    flat = {"model": "m", "layer": 3, "context_length": 32, "config": {"model": "m", "layer": 3, "percentile": 5.0},
+    config = BuildConfig(model="m", layer=3, percentile=5.0, context_length=32).to_dict()
+    flat = {"model": "m", "layer": 3, "context_length": 32, "config": config,
             "threshold": small.threshold, "percentile": cal.percentile, "calibration_tokens": cal.n_tokens,
             "calibration_seed": 0, "calibration_batch_size": 200, "calibration_protocol": "rows",
             "calibration_docs_per_batch": None, "schema_version": 2, "tokens_streamed": 7}

@@ -4,6 +4,8 @@
 - ``calibration``: the frozen spherical centre and the percentile threshold θ;
 - ``dictionary``: the ``Dictionary`` (a Voronoi partition around exemplars) and its file format;
 - ``config``: ``BuildConfig``, every setting of a build and its defaults, kept in the dictionary's file;
+- ``assignment``: ``Dictionary.assign_texts``'s result (every token of new texts with its region), and the
+  hook through which ``ep.model`` gives it an extractor;
 - ``builder``: streaming construction of a dictionary from activation batches;
 - ``published``: the paper's published dictionaries, opened without running code from the file;
 - ``metrics``: detection metrics (AUROC) shared by the studies;

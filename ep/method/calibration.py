@@ -288,8 +288,8 @@ class Calibration:
     def save(self, path, key: dict | None = None) -> None:
         _save(self, Path(path), key)
 
-    @staticmethod
-    def load(path) -> Calibration:
+    @classmethod
+    def load(cls, path) -> Calibration:
         return _load(Path(path))[0]
 
 

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from .assignment import Assignment, extract
 from .calibration import Calibration, check_acts, load_arrays, save_arrays, to_directions
 from .config import BuildConfig
 
@@ -327,6 +328,33 @@ class Dictionary:
             ids[s:s + batch_size], dist[s:s + batch_size] = idx.cpu().numpy(), (1.0 - sim).cpu().numpy()
         return ids, dist
 
+    def assign_texts(self, model, texts, *, layer: int | None = None, context_length: int | None = None,
+                     progress: bool = False) -> Assignment:
+        """Run ``model`` on ``texts`` and assign every token: -> ``Assignment`` (tokens, regions, distances).
+
+        The layer and the context length are the dictionary's own (its ``config``; a published dictionary's
+        recorded layer and context length); pass them when the dictionary does not record them.
+
+        >>> a = d.assign_texts(model, ["The river bank was flooded."])  # doctest: +SKIP
+        >>> a.text(0)  # doctest: +SKIP
+        [('The', 12, 0.41), (' river', 3, 0.22), ...]
+        """
+        config, recorded = self.config, self.meta.get("config") if isinstance(self.meta.get("config"), dict) else {}
+        layer = layer if layer is not None else config.layer if config else self.meta.get("layer")
+        if context_length is None:
+            context_length = config.context_length if config else recorded.get("context_length")
+        if layer is None or context_length is None:
+            raise ValueError("this dictionary does not record its layer and context length: pass layer= and "
+                             "context_length=")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        batch = extract(model, texts, int(layer), context_length=int(context_length), progress=progress,
+                        exact_context=bool(config and config.exact_context))
+        region, distance = self.assign(batch.acts)
+        token = batch.token.numpy()
+        return Assignment(doc=batch.doc.numpy(), pos=batch.pos.numpy(), token=token,
+                          tokens=model.tokenizer.batch_decode([[int(t)] for t in token]), region=region,
+                          distance=distance)
+
     def _info(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "threshold": self.threshold, "meta": self.meta}
 
@@ -337,9 +365,11 @@ class Dictionary:
 
     @property
     def config(self) -> BuildConfig | None:
-        """The settings and provenance of the ``ep.build`` that made this dictionary (None if it was not made so)."""
+        """The settings and provenance of the ``ep.build`` that made this dictionary; None if it was made otherwise
+        (``build_dictionary``; a published dictionary, whose ``meta["config"]`` is the official build's record)."""
         record = self.meta.get("config")
-        return BuildConfig.from_dict(record) if isinstance(record, dict) else None
+        built = isinstance(record, dict) and {f.name for f in dataclasses.fields(BuildConfig)} <= set(record)
+        return BuildConfig.from_dict(record) if built else None
 
     @property
     def calibration(self) -> Calibration:

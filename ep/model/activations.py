@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from ..method.assignment import register_extractor
 from .remote import check_remote, inputs_on_device
 
 
@@ -177,3 +178,6 @@ def token_activations(model, texts: Iterable[str], layer: int, **kwargs) -> Acti
 def final_activations(model, texts: Iterable[str], layer: int, **kwargs) -> ActivationBatch:
     """Final-position activations of ``texts`` in one batch."""
     return ActivationBatch.cat(list(iter_final_activations(model, texts, layer, **kwargs)))
+
+
+register_extractor(token_activations)  # Dictionary.assign_texts extracts with it (ep.method imports no model code)
