@@ -17,6 +17,7 @@ The names below are the package's public surface: ``import ep`` and use them as 
 
 from . import data
 from ._version import __version__
+from .method import published
 from .method.builder import DictionaryBuilder, build_dictionary
 from .method.calibration import (
     Calibration,
@@ -77,6 +78,7 @@ __all__ = [
     "leader_cluster_reference",
     "load_model",
     "percentile_threshold",
+    "published",
     "save_results",
     "setup",
     "spherical_centre",

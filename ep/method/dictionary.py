@@ -11,7 +11,7 @@ without pickle.
 Schema 2 adds human-readable contexts, so a region can be shown without the documents:
 ``with_contexts(lookup)`` stores (left text, token, right text) for every stored context, and
 ``documents`` can hold the texts the ``doc`` column indexes (the published dictionaries keep
-prompt texts, not token ids; see ep.method.published). Schema 3 keeps the calibration's record nested in
+prompt texts, not token ids; ``ep.published.from_hub`` opens them). Schema 3 keeps the calibration's record nested in
 ``meta["calibration"]`` and, for a dictionary made by ``ep.build``, the ``BuildConfig`` in ``meta["config"]``
 (``Dictionary.calibration`` and ``Dictionary.config`` give them back typed). Schema-1 and -2 files still load:
 their flat ``calibration_*`` keys are moved into the nested record as they are read (``_upgrade_meta``).
@@ -380,14 +380,6 @@ class Dictionary:
     def save(self, path) -> None:
         """Atomically write one .safetensors file (arrays + checksummed JSON header)."""
         save_arrays(path, self._arrays(), self._info(), _META_KEY)
-
-    @staticmethod
-    def from_hub(model_short: str = "gemma-2-2b", layer: int = 12, percentile: int = 10, **kwargs) -> Dictionary:
-        """A dictionary the paper's authors published (J-RUM/exemplar-partitioning), opened without
-        running code from the file: see ep.method.published.from_hub."""
-        from .published import from_hub
-
-        return from_hub(model_short, layer, percentile, **kwargs)
 
     @classmethod
     def load(cls, path) -> Dictionary:
