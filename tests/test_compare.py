@@ -66,8 +66,7 @@ def test_best_match_and_hungarian():
     assert dice.sum() == pytest.approx(brute)  # 0.8 + 0.85 + 0.3
     assert dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 1: 0, 3: 2}
     summary = C.match_summary(f1, min_f1=0.5)
-    with pytest.warns(DeprecationWarning, match="min_f1"):
-        assert C.match_summary(f1, threshold=0.5) == summary  # the old keyword
+    assert summary["min_f1"] == 0.5  # the result's key is the parameter's name
     assert summary["matched_fraction"] == pytest.approx(0.5)  # rows 0 and 1
     assert summary["features_used_by_best_matches"] == 1
     assert summary["hungarian_mean_dice"] == pytest.approx(brute / 3)

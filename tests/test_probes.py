@@ -50,14 +50,6 @@ def test_compare_probes():
     assert r["n"] == 120 and r["folds"] == 4
 
 
-def test_one_hot_ceiling():
-    labels = np.array([0, 0, 1, 1, 1, 0])
-    assert P.one_hot_ceiling(np.array([5, 5, 7, 7, 7, 9]), labels) == 1.0  # pure units
-    assert P.one_hot_ceiling(np.array([0, 0, 0, 0, 0, 0]), labels) == 0.5  # one unit: the majority
-    assert P.one_hot_ceiling(np.array([1, 1, 1, 2, 2, 2]), labels) == pytest.approx(4 / 6)
-    assert P.one_hot_ceiling(np.arange(6), labels) == 1.0  # every text its own unit
-
-
 def test_probe_task_validation():
     with pytest.raises(ValueError, match="labels"):
         P.ProbeTask("t", ["a", "b"], np.array([0]), ["x"])
@@ -161,15 +153,6 @@ def test_binary_probes_separate_an_informative_feature_from_noise():
     everything = P.binary_probes(raw, {"good": informative}, y, train, test)  # the default top-k: SAEBench's
     fields = {field: everything[column.format("good")] for field, column in P.SAEBENCH_FIELDS.items()}
     assert fields["llm_test_accuracy"] == everything["raw"] and fields["sae_top_1_test_accuracy"] == 1.0
-
-
-def test_old_names_warn_and_call_the_renamed_functions():
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(40, 3)), np.repeat([0, 1], 20)
-    with pytest.warns(DeprecationWarning, match="probe_accuracies"):
-        old = P.compare(x, y, {}, folds=4, seed=0)
-    assert old == P.probe_accuracies(x, y, {}, folds=4, seed=0)
-    assert P.axbench_concepts.__wrapped__ is P.axbench_concept_tasks
 
 
 def test_probe_accuracy_is_gridsearchcv_on_the_same_folds():

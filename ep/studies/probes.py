@@ -51,7 +51,6 @@ from sklearn.preprocessing import StandardScaler
 
 from .. import data
 from ..method.calibration import to_directions
-from ..method.deprecation import renamed
 from ..model.activations import ActivationBatch, token_activations
 
 
@@ -321,17 +320,6 @@ def one_hot(ids: np.ndarray, n_units: int, rows: np.ndarray | None = None, n_row
     return sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], ids[keep])), shape=shape)
 
 
-def one_hot_ceiling(ids: np.ndarray, labels: np.ndarray) -> float:
-    """The best accuracy any probe on a one-hot code can reach on the texts it was fitted to: each unit
-    predicts its majority class. Low means the units mix classes (the task is lost in the code); high with a
-    low cross-validated accuracy means the units do not generalise to new texts."""
-    ids, labels = np.asarray(ids), np.asarray(labels)
-    _, unit = np.unique(ids, return_inverse=True)
-    counts = np.zeros((unit.max() + 1, labels.max() + 1), dtype=np.int64)
-    np.add.at(counts, (unit, labels), 1)
-    return float(counts.max(1).sum() / len(labels))
-
-
 def _fit_predict(x_train, y_train, x_test, C: float, standardise: bool) -> np.ndarray:
     if standardise:
         scaler = StandardScaler().fit(x_train)
@@ -362,10 +350,6 @@ def probe_accuracies(vectors, labels: np.ndarray, features: dict[str, sp.spmatri
     out = {name: c / len(y) for name, c in correct.items()}
     return {**out, **{f"{name}_seen": s / len(y) for name, s in seen.items()}, "n": len(y), "folds": folds}
 
-
-# the old names (``compare`` collided with the module ep.studies.compare, ``axbench_concepts`` with ep.data's)
-compare = renamed(probe_accuracies, "compare")
-axbench_concepts = renamed(axbench_concept_tasks, "axbench_concepts")
 
 
 # -----------------------------------------------------------------------------
