@@ -18,6 +18,7 @@ The names below are the package's public surface: ``import ep`` and use them as 
 from . import data
 from ._version import __version__
 from .method import published
+from .method.batch import ActivationBatch
 from .method.builder import DictionaryBuilder, build_dictionary
 from .method.calibration import (
     Calibration,
@@ -32,7 +33,6 @@ from .method.device import warm_vml
 from .method.dictionary import Dictionary, DictionaryFormatError
 from .method.leader import LeaderClustering, leader_cluster, leader_cluster_reference
 from .model.activations import (
-    ActivationBatch,
     final_activations,
     iter_final_activations,
     iter_token_activations,

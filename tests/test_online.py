@@ -102,7 +102,7 @@ def test_axbench_concept10_from_the_hub(run, standin):
 FROM_HUB = """
     d = ep.published.from_hub('gemma-2-2b', 12, 10)
     import pathlib
-    cache = pathlib.Path(ep.method.published.cache_dir())
+    cache = ep.method.files.cache_dir() / "published"
     out = {'regions': len(d), 'sha256': d.meta['sha256'], 'model': d.meta['model'],
            'cache': sorted(p.name for p in cache.iterdir()) if cache.exists() else []}
 """

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import ep
 from ep.model.activations import ActivationBatch
 from ep.studies import probes as P
 
@@ -87,18 +88,19 @@ def test_text_activations_on_the_model(gemma):
 # the paper's protocol
 
 
-class _Dict:
-    def __init__(self, centre, exemplars, mean_directions):
-        self.centre, self.exemplars, self.mean_directions = centre, exemplars, mean_directions
-
-    def assign(self, acts, batch_size=4096):
-        u = torch.nn.functional.normalize(torch.as_tensor(acts).float() - self.centre, dim=1)
-        return (u @ self.exemplars.T).argmax(1).numpy(), None
+def _dictionary(centre, exemplars, mean_directions) -> ep.Dictionary:
+    """A dictionary with these exemplars and mean directions (one member each, no stored contexts)."""
+    k = len(exemplars)
+    none = {f"{kind}_contexts": -torch.ones(k, 1, 4, dtype=torch.int64) for kind in ("nearest", "farthest")}
+    return ep.Dictionary(centre=centre, threshold=0.5, exemplars=exemplars, mean_directions=mean_directions,
+                         counts=torch.ones(k, dtype=torch.int64), coherence=torch.ones(k),
+                         exemplar_context=torch.zeros(k, 3, dtype=torch.int64), exemplar_index=torch.arange(k),
+                         nearest_dist=torch.zeros(k, 1), farthest_dist=torch.zeros(k, 1), **none)
 
 
 def test_nearest_region_uses_the_chosen_basis():
     centre = torch.tensor([10.0, 10.0])
-    d = _Dict(centre, torch.tensor([[1.0, 0], [0, 1]]), torch.tensor([[0.0, 1], [1, 0]]))  # bases swapped
+    d = _dictionary(centre, torch.tensor([[1.0, 0], [0, 1]]), torch.tensor([[0.0, 1], [1, 0]]))  # bases swapped
     acts = centre + torch.tensor([[3.0, 1], [1, 3], [-1, 5]])
     np.testing.assert_array_equal(P.nearest_region(d, acts, "exemplar"), [0, 1, 1])
     np.testing.assert_array_equal(P.nearest_region(d, acts, "mean", batch_size=2), [1, 0, 0])

@@ -29,6 +29,7 @@ from .._version import __version__
 from .calibration import Calibration, load_arrays, save_arrays
 from .dictionary import Dictionary
 from .leader import LeaderClustering, torch_threads
+from .rows import check_shape
 
 
 def _merge_top(dist_state: torch.Tensor, ctx_state: torch.Tensor, region: torch.Tensor,
@@ -135,8 +136,7 @@ class DictionaryBuilder:
 
     def _add_arrays(self, acts, doc, pos, token) -> int:
         a = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.asarray(acts))
-        if a.ndim != 2 or a.shape[1] != self.dim:
-            raise ValueError(f"acts must have shape [N, {self.dim}], got {tuple(a.shape)}")
+        check_shape(a, self.dim)
         n = a.shape[0]
         cols = [torch.as_tensor(x).reshape(-1).to(self.device, torch.int64) for x in (doc, pos, token)]
         if any(c.shape[0] != n for c in cols):
@@ -280,7 +280,7 @@ def _skip(batches: Iterable, n: int):
         if n >= len(batch.acts):
             n -= len(batch.acts)
             continue
-        yield batch if n == 0 else type(batch)(*(getattr(batch, f)[n:] for f in ("acts", "doc", "pos", "token")))
+        yield batch if n == 0 else batch[n:]
         n = 0
 
 

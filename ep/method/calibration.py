@@ -32,24 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .batch import ActivationBatch
 from .files import atomic_write_bytes, canonical_json, key_hash, load_arrays, save_arrays  # noqa: F401 (re-exported)
+from .rows import check_acts, check_shape
 
 SCHEMA_VERSION = 2
 _META_KEY = "ep_calibration"  # the single key in the safetensors __metadata__
-
-
-def check_acts(acts, dim: int | None = None, name: str = "acts", allow_empty: bool = False) -> torch.Tensor:
-    """numpy / torch [N, d] -> float torch tensor (no copy if possible), with clear errors."""
-    t = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(acts))
-    if t.ndim != 2 or (dim is not None and t.shape[1] != dim):
-        raise ValueError(f"{name} must have shape [N, {dim or 'd'}], got {tuple(t.shape)}")
-    if t.shape[0] == 0 and not allow_empty:
-        raise ValueError(f"{name} is empty (0 rows)")
-    if not t.is_floating_point():
-        t = t.float()
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf")
-    return t
 
 
 def spherical_centre(acts, chunk_size: int = 65536) -> torch.Tensor:
@@ -83,8 +71,7 @@ def to_directions(acts, centre) -> torch.Tensor:
     """
     a = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.asarray(acts))
     c = torch.as_tensor(centre).to(a.device, torch.float32)
-    if a.ndim != 2 or a.shape[1] != c.shape[0]:
-        raise ValueError(f"expected activations [N, {c.shape[0]}], got shape {tuple(a.shape)}")
+    check_shape(a, c.shape[0])
     x = a.float() - c  # [N, d]
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -309,7 +296,7 @@ def calibrate(acts, percentile: float, batch_size: int = 1024, seed: int = 0, me
     ([1.5, 1.5], 1.7412, 'documents')
     """
     p = _check_percentile(percentile)
-    if doc is None and hasattr(acts, "acts") and hasattr(acts, "doc"):  # an ActivationBatch
+    if doc is None and isinstance(acts, ActivationBatch):
         acts, doc = acts.acts, acts.doc
     protocol = protocol or ("rows" if doc is None else "documents")
     if protocol not in PROTOCOLS:

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from .assignment import Assignment, extract
-from .calibration import Calibration, check_acts, load_arrays, save_arrays, to_directions
+from .calibration import Calibration, load_arrays, save_arrays, to_directions
 from .config import BuildConfig
+from .rows import check_acts
 
 SCHEMA_VERSION = 3  # 3: meta["calibration"] nested; 2: + strings / documents and the *_text arrays; 1 and 2 still load
 _META_KEY = "ep_dictionary"  # the single key in the safetensors __metadata__
@@ -301,6 +302,15 @@ class Dictionary:
         dist[int(k)] = np.inf
         order = np.argsort(dist, kind="stable")[:n]
         return order, dist[order]
+
+    BASES = ("exemplar", "mean")
+
+    def basis(self, name: str) -> torch.Tensor:
+        """[K, d] unit directions in centred space: the regions' ``"exemplar"`` or their ``"mean"`` member direction
+        (the one place a basis name is checked)."""
+        if name not in self.BASES:
+            raise ValueError(f"basis must be one of {self.BASES}, got {name!r}")
+        return self.exemplars if name == "exemplar" else self.mean_directions
 
     def directions(self, acts) -> torch.Tensor:
         """acts [N, d] raw -> [N, d] float32 centred unit rows."""

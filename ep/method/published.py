@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .dictionary import SCHEMA_VERSION, Dictionary, DictionaryFormatError
-from .files import sha256_file
+from .files import cache_dir, sha256_file
 
 REPO_ID = "J-RUM/exemplar-partitioning"
 # (model, layer) -> percentiles published (the official README's "Prebuilt dictionaries" table): 13 builds
@@ -325,10 +325,6 @@ def convert(official: OfficialDictionary, meta: dict | None = None) -> Dictionar
 
 # -- files, cache, hub ------------------------------------------------------------------------------------
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("EP_CACHE_DIR", Path.home() / ".cache" / "ep-tutorial")) / "published"
-
-
 def open_published(pkl_path, meta: dict | None = None, cache: Path | None = None, digest: str | None = None
                    ) -> Dictionary:
     """
@@ -338,7 +334,7 @@ def open_published(pkl_path, meta: dict | None = None, cache: Path | None = None
     """
     pkl_path = Path(pkl_path)
     digest = digest or sha256_file(pkl_path)
-    target = Path(cache or cache_dir()) / f"{digest}_schema{SCHEMA_VERSION}.safetensors"
+    target = Path(cache or cache_dir() / "published") / f"{digest}_schema{SCHEMA_VERSION}.safetensors"
     if target.exists():
         try:
             return Dictionary.load(target)
@@ -411,7 +407,7 @@ def from_hub(model_short: str | None = None, layer: int | None = None, percentil
     except ImportError as e:
         raise ImportError("from_hub needs huggingface_hub online: pip install huggingface_hub") from e
     where = root / pkl if root else f"$EP_DATA_DIR/ep_hub/{pkl}"
-    cache = Path(cache or cache_dir())
+    cache = Path(cache or cache_dir() / "published")
     try:
         info = {i.path: i for i in HfApi().get_paths_info(repo_id, [pkl], repo_type="dataset")}.get(pkl)
     except Exception as e:

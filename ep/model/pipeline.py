@@ -32,9 +32,9 @@ from ..method.builder import build_dictionary
 from ..method.calibration import Calibration, cached_calibration, calibrate
 from ..method.config import BuildConfig
 from ..method.dictionary import Dictionary
+from ..method.files import cache_dir
 from ..show.display import Contexts
 from .activations import iter_token_activations, long_enough, token_activations
-from .loading import cache_dir
 
 
 def model_fingerprint(model) -> str:

@@ -45,10 +45,8 @@ from scipy.optimize import linear_sum_assignment
 def ep_scorer(dictionary, basis: str = "exemplar") -> Callable[[torch.Tensor], torch.Tensor]:
     """acts [n, d] → signed projections (x - c)·e [n, K] for every region of an EP dictionary, e the unit
     exemplar ("exemplar") or the unit mean-member direction ("mean", the official comparison's default)."""
-    if basis not in ("exemplar", "mean"):
-        raise ValueError(f"basis must be 'exemplar' or 'mean', got {basis!r}")
+    directions = dictionary.basis(basis).float()  # [K, d]
     centre = dictionary.centre.float()  # [d]
-    directions = (dictionary.exemplars if basis == "exemplar" else dictionary.mean_directions).float()  # [K, d]
     return lambda x: (x.float() - centre) @ directions.T
 
 

@@ -41,10 +41,7 @@ def exemplar_cosine(a: Dictionary, b: Dictionary, basis: str = "exemplar") -> np
     (each a centred unit vector in its own space)."""
     if a.dim != b.dim:
         raise ValueError(f"dictionaries of different widths cannot be matched: {a.dim} vs {b.dim}")
-    if basis not in ("exemplar", "mean"):
-        raise ValueError(f"basis is 'exemplar' or 'mean', got {basis!r}")
-    field = "exemplars" if basis == "exemplar" else "mean_directions"
-    return (getattr(a, field).double() @ getattr(b, field).double().T).numpy()
+    return (a.basis(basis).double() @ b.basis(basis).double().T).numpy()
 
 
 @dataclass

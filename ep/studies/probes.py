@@ -50,8 +50,9 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from .. import data
+from ..method.batch import ActivationBatch
 from ..method.calibration import to_directions
-from ..model.activations import ActivationBatch, token_activations
+from ..model.activations import token_activations
 
 
 @dataclass
@@ -358,12 +359,10 @@ def probe_accuracies(vectors, labels: np.ndarray, features: dict[str, sp.spmatri
 def nearest_region(dictionary, acts, basis: str = "mean", batch_size: int = 4096) -> np.ndarray:
     """acts [N, d] raw → [N] int64: each row's region by the largest centred cosine with the basis,
     "mean" (mean-member directions, the official default) or "exemplar" (= ``Dictionary.assign``)."""
+    directions = dictionary.basis(basis).float()  # [K, d] unit (checks the name)
     if basis == "exemplar":
         return dictionary.assign(acts, batch_size)[0]
-    if basis != "mean":
-        raise ValueError(f"basis must be 'mean' or 'exemplar', got {basis!r}")
     x = torch.as_tensor(acts)
-    directions = dictionary.mean_directions.float()  # [K, d] unit
     out = np.empty(x.shape[0], np.int64)
     for s in range(0, x.shape[0], batch_size):
         out[s:s + batch_size] = (to_directions(x[s:s + batch_size], dictionary.centre) @ directions.T).argmax(1).numpy()
