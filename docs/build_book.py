@@ -65,10 +65,10 @@ def dictionary_browsers(executed: Path, out: Path) -> dict[str, Path]:
 
     sites = {}
     own = ep.Dictionary.load(results / "02_dictionary.safetensors")
-    name, layer = own.meta["config"]["model"], own.meta["config"]["layer"]
+    name, layer = own.config.model, own.config.layer
     sites["02_dictionary"] = ep.show.browser(own, out / "02_dictionary", lens=region_lens(model(name), own),
                                              title=f"Notebook 02's dictionary ({Path(name).name}, layer {layer})")
-    published = ep.Dictionary.from_hub("gemma-3-270m", 9, 10)
+    published = ep.published.from_hub("gemma-3-270m", 9, 10)
     gemma = model("gemma-3-270m")
     published = published.with_contexts(Contexts(gemma.tokenizer, published.documents, context_length=64).snippet)
     sites["published_p10"] = ep.show.browser(published, out / "published_p10", lens=region_lens(gemma, published),

@@ -17,6 +17,8 @@ The names below are the package's public surface: ``import ep`` and use them as 
 
 from . import data
 from ._version import __version__
+from .method import published
+from .method.batch import ActivationBatch
 from .method.builder import DictionaryBuilder, build_dictionary
 from .method.calibration import (
     Calibration,
@@ -26,18 +28,18 @@ from .method.calibration import (
     spherical_centre,
     to_directions,
 )
+from .method.config import BuildConfig
 from .method.device import warm_vml
 from .method.dictionary import Dictionary, DictionaryFormatError
 from .method.leader import LeaderClustering, leader_cluster, leader_cluster_reference
 from .model.activations import (
-    ActivationBatch,
     final_activations,
     iter_final_activations,
     iter_token_activations,
     token_activations,
 )
 from .model.loading import load_model
-from .model.pipeline import BuildConfig, build
+from .model.pipeline import build
 from .show.claims import Claims
 from .show.notebook import save_results, setup
 
@@ -76,6 +78,7 @@ __all__ = [
     "leader_cluster_reference",
     "load_model",
     "percentile_threshold",
+    "published",
     "save_results",
     "setup",
     "spherical_centre",

@@ -3,7 +3,6 @@
 import hashlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +10,7 @@ import torch
 from calibration_data import synthetic_documents
 from scipy.spatial.distance import pdist
 
+from ep.method.batch import ActivationBatch
 from ep.method.calibration import (
     Calibration,
     _blocked_percentile,
@@ -200,7 +200,9 @@ def test_document_batches_group_whole_documents_in_order():
 
 def test_calibrate_by_documents_is_the_mean_over_document_batches():
     acts, doc = synthetic_documents("small")
-    cal = calibrate(SimpleNamespace(acts=torch.as_tensor(acts), doc=torch.as_tensor(doc)), 3.0, docs_per_batch=16)
+    zeros = torch.zeros(len(doc), dtype=torch.int64)
+    batch = ActivationBatch(torch.as_tensor(acts), torch.as_tensor(doc), zeros, zeros)
+    cal = calibrate(batch, 3.0, docs_per_batch=16)
     assert (cal.protocol, cal.docs_per_batch) == ("documents", 16)
     u = to_directions(acts, spherical_centre(acts)).numpy().astype(np.float64)
     groups = [u[np.isin(doc, range(s, s + 16))] for s in range(0, doc.max() + 1, 16)]  # 16, 16, 8 documents
@@ -239,3 +241,14 @@ def test_protocol_survives_save_and_load(tmp_path):
     cal.save(tmp_path / "c.safetensors")
     back = Calibration.load(tmp_path / "c.safetensors")
     assert (back.protocol, back.docs_per_batch, back.threshold) == ("documents", 8, cal.threshold)
+
+
+def test_activation_batch_rows():
+    batch = ActivationBatch(torch.arange(8.0).reshape(4, 2), torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1]),
+                            torch.tensor([5, 6, 7, 8]))
+    kept = batch.select(batch.doc == 1)
+    assert kept.token.tolist() == [7, 8] and kept.acts.tolist() == [[4.0, 5.0], [6.0, 7.0]]
+    assert batch[1:3].pos.tolist() == [1, 0] and len(batch[torch.tensor([3])]) == 1
+    import ep.model.activations
+
+    assert ep.model.activations.ActivationBatch is ActivationBatch is __import__("ep").ActivationBatch

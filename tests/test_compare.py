@@ -66,8 +66,7 @@ def test_best_match_and_hungarian():
     assert dice.sum() == pytest.approx(brute)  # 0.8 + 0.85 + 0.3
     assert dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 1: 0, 3: 2}
     summary = C.match_summary(f1, min_f1=0.5)
-    with pytest.warns(DeprecationWarning, match="min_f1"):
-        assert C.match_summary(f1, threshold=0.5) == summary  # the old keyword
+    assert summary["min_f1"] == 0.5  # the result's key is the parameter's name
     assert summary["matched_fraction"] == pytest.approx(0.5)  # rows 0 and 1
     assert summary["features_used_by_best_matches"] == 1
     assert summary["hungarian_mean_dice"] == pytest.approx(brute / 3)
@@ -169,7 +168,13 @@ def test_paper_match_drops_regions_without_overlap_and_ep_scorer_bases():
     acts = torch.tensor([[1.0, 0], [2, 0], [0, 1], [0, 3]])
     a = C.paper_match(lambda x: x[:, :1], lambda x: x[:, 1:], acts, n=2, min_active=1)
     assert a["regions_with_overlap"] == 0 and a["matched_fraction"] == 0.0
-    d = type("D", (), {"centre": torch.zeros(2), "exemplars": torch.eye(2), "mean_directions": torch.eye(2)[[1, 0]]})
+    k = 2
+    d = ep.Dictionary(centre=torch.zeros(2), threshold=0.5, exemplars=torch.eye(2),
+                      counts=torch.ones(k, dtype=torch.int64), mean_directions=torch.eye(2)[[1, 0]],
+                      coherence=torch.ones(k),
+                      exemplar_context=torch.zeros(k, 3, dtype=torch.int64), exemplar_index=torch.arange(k),
+                      nearest_contexts=-torch.ones(k, 1, 4, dtype=torch.int64), nearest_dist=torch.full((k, 1), 0.0),
+                      farthest_contexts=-torch.ones(k, 1, 4, dtype=torch.int64), farthest_dist=torch.full((k, 1), 0.0))
     torch.testing.assert_close(C.ep_scorer(d, "mean")(acts), acts[:, [1, 0]])
     torch.testing.assert_close(C.ep_scorer(d)(acts), acts)
     with pytest.raises(ValueError, match="basis"):

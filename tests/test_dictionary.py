@@ -182,8 +182,10 @@ def test_build_dictionary_options(data):
                          on_batch=lambda t, k: curve.append((t, k)))
     assert int(d.counts.sum()) == 250 and len(seen) == 3  # stops pulling batches
     assert [t for t, _ in curve] == [100, 200, 250] and curve[-1][1] == len(d)
-    assert d.meta["model"] == "toy" and d.meta["corpus"] == "toy" and d.meta["percentile"] == 3.0
-    assert d.meta["threshold"] == cal.threshold and d.meta["schema_version"] == epd.SCHEMA_VERSION
+    assert d.meta["corpus"] == "toy" and d.config is None  # not made by ep.build: no BuildConfig
+    again = d.calibration  # the calibration comes back typed, its provenance nested (not flattened into meta)
+    assert again.threshold == cal.threshold and again.percentile == 3.0 and again.n_tokens == cal.n_tokens
+    assert again.meta == {"model": "toy", "layer": 0} and "model" not in d.meta and "percentile" not in d.meta
     assert repr(d).startswith(f"Dictionary(regions={len(d)}")
 
 

@@ -7,6 +7,7 @@ import torch
 import ep.method.dictionary as epd
 from ep.method.builder import build_dictionary
 from ep.method.calibration import calibrate, save_arrays
+from ep.method.config import BuildConfig
 from ep.method.dictionary import Dictionary, DictionaryFormatError, pack_strings, unpack_strings
 from ep.model.activations import ActivationBatch as Batch
 from ep.show.display import Contexts
@@ -87,6 +88,26 @@ def test_schema_1_file_still_loads(small, tmp_path):
     assert not d.has_text and d.strings == [] and d.documents == []
     torch.testing.assert_close(d.exemplars, small.exemplars, rtol=0, atol=0)
     assert (d.nearest_text == -1).all() and d.region(0).exemplar.text is None
+
+
+def test_schema_2_file_still_loads(small, tmp_path):
+    """A schema-2 file kept the calibration flat in meta (and ep.build's model and layer twice): it loads nested."""
+    cal = small.calibration
+    config = BuildConfig(model="m", layer=3, percentile=5.0, context_length=32).to_dict()
+    flat = {"model": "m", "layer": 3, "context_length": 32, "config": config,
+            "threshold": small.threshold, "percentile": cal.percentile, "calibration_tokens": cal.n_tokens,
+            "calibration_seed": 0, "calibration_batch_size": 200, "calibration_protocol": "rows",
+            "calibration_docs_per_batch": None, "schema_version": 2, "tokens_streamed": 7}
+    arrays = small.with_contexts(lookup)._arrays()
+    save_arrays(tmp_path / "v2.safetensors", arrays, {**small._info(), "meta": flat, "schema_version": 2},
+                epd._META_KEY)
+    d = Dictionary.load(tmp_path / "v2.safetensors")
+    assert d.meta == {"config": flat["config"], "tokens_streamed": 7, "calibration": {
+        "percentile": cal.percentile, "n_tokens": cal.n_tokens, "seed": 0, "batch_size": 200, "protocol": "rows"}}
+    assert d.calibration.n_tokens == cal.n_tokens and d.calibration.batch_size == 200
+    assert d.config.model == "m" and d.config.layer == 3 and d.config.percentile == 5.0
+    d.save(tmp_path / "v3.safetensors")  # saved again: schema 3, the same meta
+    assert Dictionary.load(tmp_path / "v3.safetensors").meta == d.meta
 
 
 def test_newer_and_bad_schema(small, tmp_path):

@@ -113,16 +113,6 @@ def test_cosines_and_projections():
     assert I.projections(torch.stack([v, 2 * v]), 3 * e).tolist() == [1.0, 2.0]
 
 
-def test_ablation_grid():
-    e = unit(torch.randn(D))
-    grid = I.ablation_grid({"a": e, "b": torch.randn(2, D)}, 4, torch.ones(D))
-    assert list(grid) == ["centred · a", "plain · a", "centred · b", "plain · b"]
-    assert grid["plain · a"].centre is None and grid["centred · b"].centre is not None
-    assert all(ab.layers == (4,) for ab in grid.values())
-    with pytest.raises(ValueError, match="removal"):
-        I.ablation_grid({"a": e}, 4, torch.ones(D), removals=("sideways",))
-
-
 def test_ablation_key_names_equal_edits():
     e, c = unit(torch.randn(D)), torch.randn(D)
     a = I.Ablation(e, (3,), c)

@@ -141,19 +141,6 @@ def test_min_cosine_and_distances_in_theta():
         exemplar_cosine(a, _from_exemplars(np.eye(3)))
 
 
-def test_the_old_name_cutoff_still_works_and_warns():
-    e = np.eye(4)
-    a = _from_exemplars(e[:2], threshold=0.2)
-    b = _from_exemplars([0.75 * e[0] + np.sqrt(1 - 0.75**2) * e[2], 0.65 * e[1] + np.sqrt(1 - 0.65**2) * e[3]])
-    with pytest.warns(DeprecationWarning, match="min_cosine"):
-        old = match_dictionaries(a, b, cutoff=0.6)
-    assert old.min_cosine == 0.6 and old.summary() == match_dictionaries(a, b, 0.6).summary()
-    with pytest.warns(DeprecationWarning, match="min_cosine"):
-        assert old.cutoff == 0.6
-    with pytest.warns(DeprecationWarning):
-        np.testing.assert_array_equal(layer_ladder([a, b], cutoff=0.6), layer_ladder([a, b], min_cosine=0.6))
-
-
 @pytest.mark.parametrize("k_a,k_b", [(5, 5), (4, 6), (6, 3)])
 def test_hungarian_is_one_to_one_and_optimal(k_a, k_b):
     g = np.random.default_rng(k_a * 10 + k_b)

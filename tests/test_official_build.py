@@ -34,4 +34,4 @@ def test_exact_context_reads_the_official_128_after_bos(gemma):
     wiki = [t for doc in ep.data.corpus(max_docs=12) for t in (doc, "Too short.")]
     d = ep.build(gemma, wiki, 3, calibration_docs=4, max_tokens=100, context_length=16, exact_context=True,
                  batch_size=2, percentile=10, progress=False)
-    assert d.meta["config"]["exact_context"] and int(d.counts.sum()) == 100
+    assert d.config.exact_context and int(d.counts.sum()) == 100

@@ -1,6 +1,6 @@
 """The online paths, for real: no mirror, real HTTP to a local stand-in of the upstream services (tests/standin.py).
 
-Each case runs the same call a user runs (``ep.data.*``, ``Dictionary.from_hub``, ``load_model``) in a fresh Python
+Each case runs the same call a user runs (``ep.data.*``, ``ep.published.from_hub``, ``load_model``) in a fresh Python
 process whose environment points the clients at the stand-in (``HF_ENDPOINT``, ``EP_RAW_URL``) with ``EP_DATA_DIR``
 unset and empty caches: nothing is patched. Then the faults a real network has: a server error, a connection that
 drops mid-file, a body cut short, bytes damaged on the way, a gated model without a token, a slow answer. Each one
@@ -100,9 +100,9 @@ def test_axbench_concept10_from_the_hub(run, standin):
 
 
 FROM_HUB = """
-    d = ep.Dictionary.from_hub('gemma-2-2b', 12, 10)
+    d = ep.published.from_hub('gemma-2-2b', 12, 10)
     import pathlib
-    cache = pathlib.Path(ep.method.published.cache_dir())
+    cache = ep.method.files.cache_dir() / "published"
     out = {'regions': len(d), 'sha256': d.meta['sha256'], 'model': d.meta['model'],
            'cache': sorted(p.name for p in cache.iterdir()) if cache.exists() else []}
 """
@@ -213,7 +213,7 @@ def test_no_internet_and_no_mirror_says_what_to_do(standin, tmp_path):
     """Nothing listens at the address: the one clear error naming EP_DATA_DIR."""
     env = {**online_env(standin, tmp_path), "EP_RAW_URL": "http://127.0.0.1:9/raw", "HF_ENDPOINT": "http://127.0.0.1:9"}
     code = ("from ep import data\nimport ep\nfor f in (lambda: data.instructions('harmful_val'),"
-            " lambda: next(data.corpus(max_docs=3)), lambda: ep.Dictionary.from_hub('gemma-2-2b', 12, 10)):\n"
+            " lambda: next(data.corpus(max_docs=3)), lambda: ep.published.from_hub('gemma-2-2b', 12, 10)):\n"
             "    try:\n        f()\n    except ConnectionError as e:\n        print(str(e).replace(chr(10), ' '))\n")
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     lines = done.stdout.strip().splitlines()

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+import ep
 from ep.model.activations import ActivationBatch
 from ep.studies import probes as P
 
@@ -50,14 +51,6 @@ def test_compare_probes():
     assert r["n"] == 120 and r["folds"] == 4
 
 
-def test_one_hot_ceiling():
-    labels = np.array([0, 0, 1, 1, 1, 0])
-    assert P.one_hot_ceiling(np.array([5, 5, 7, 7, 7, 9]), labels) == 1.0  # pure units
-    assert P.one_hot_ceiling(np.array([0, 0, 0, 0, 0, 0]), labels) == 0.5  # one unit: the majority
-    assert P.one_hot_ceiling(np.array([1, 1, 1, 2, 2, 2]), labels) == pytest.approx(4 / 6)
-    assert P.one_hot_ceiling(np.arange(6), labels) == 1.0  # every text its own unit
-
-
 def test_probe_task_validation():
     with pytest.raises(ValueError, match="labels"):
         P.ProbeTask("t", ["a", "b"], np.array([0]), ["x"])
@@ -95,18 +88,19 @@ def test_text_activations_on_the_model(gemma):
 # the paper's protocol
 
 
-class _Dict:
-    def __init__(self, centre, exemplars, mean_directions):
-        self.centre, self.exemplars, self.mean_directions = centre, exemplars, mean_directions
-
-    def assign(self, acts, batch_size=4096):
-        u = torch.nn.functional.normalize(torch.as_tensor(acts).float() - self.centre, dim=1)
-        return (u @ self.exemplars.T).argmax(1).numpy(), None
+def _dictionary(centre, exemplars, mean_directions) -> ep.Dictionary:
+    """A dictionary with these exemplars and mean directions (one member each, no stored contexts)."""
+    k = len(exemplars)
+    none = {f"{kind}_contexts": -torch.ones(k, 1, 4, dtype=torch.int64) for kind in ("nearest", "farthest")}
+    return ep.Dictionary(centre=centre, threshold=0.5, exemplars=exemplars, mean_directions=mean_directions,
+                         counts=torch.ones(k, dtype=torch.int64), coherence=torch.ones(k),
+                         exemplar_context=torch.zeros(k, 3, dtype=torch.int64), exemplar_index=torch.arange(k),
+                         nearest_dist=torch.zeros(k, 1), farthest_dist=torch.zeros(k, 1), **none)
 
 
 def test_nearest_region_uses_the_chosen_basis():
     centre = torch.tensor([10.0, 10.0])
-    d = _Dict(centre, torch.tensor([[1.0, 0], [0, 1]]), torch.tensor([[0.0, 1], [1, 0]]))  # bases swapped
+    d = _dictionary(centre, torch.tensor([[1.0, 0], [0, 1]]), torch.tensor([[0.0, 1], [1, 0]]))  # bases swapped
     acts = centre + torch.tensor([[3.0, 1], [1, 3], [-1, 5]])
     np.testing.assert_array_equal(P.nearest_region(d, acts, "exemplar"), [0, 1, 1])
     np.testing.assert_array_equal(P.nearest_region(d, acts, "mean", batch_size=2), [1, 0, 0])
@@ -161,15 +155,6 @@ def test_binary_probes_separate_an_informative_feature_from_noise():
     everything = P.binary_probes(raw, {"good": informative}, y, train, test)  # the default top-k: SAEBench's
     fields = {field: everything[column.format("good")] for field, column in P.SAEBENCH_FIELDS.items()}
     assert fields["llm_test_accuracy"] == everything["raw"] and fields["sae_top_1_test_accuracy"] == 1.0
-
-
-def test_old_names_warn_and_call_the_renamed_functions():
-    rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(40, 3)), np.repeat([0, 1], 20)
-    with pytest.warns(DeprecationWarning, match="probe_accuracies"):
-        old = P.compare(x, y, {}, folds=4, seed=0)
-    assert old == P.probe_accuracies(x, y, {}, folds=4, seed=0)
-    assert P.axbench_concepts.__wrapped__ is P.axbench_concept_tasks
 
 
 def test_probe_accuracy_is_gridsearchcv_on_the_same_folds():

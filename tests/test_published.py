@@ -131,11 +131,15 @@ def test_roundtrip_and_cache(tmp_path, monkeypatch):
 
 
 def test_from_hub_offline(tmp_path):
-    d = ep.Dictionary.from_hub("gemma-3-270m", 9, 4, cache=tmp_path)
+    d = ep.published.from_hub("gemma-3-270m", 9, 4, cache=tmp_path)
     assert d.meta["percentile"] == 4 and d.meta["discovery"]["n_partitions"] == len(d)
     assert d.meta["sha256"] == pub.sha256_file(FILES[4])
+    default = ep.published.from_hub(percentile=4, cache=tmp_path)  # no name: the mirror's stand-in, as 00 opens
+    assert (default.meta["model"], default.meta["layer"]) == ("gemma-3-270m", 9)
+    assert torch.equal(default.counts, d.counts)
+    assert d.config is None  # the official build's record is not an ep.build config
     with pytest.raises(FileNotFoundError, match="not published"):
-        ep.Dictionary.from_hub("gemma-3-270m", 9, 7, cache=tmp_path)
+        ep.published.from_hub("gemma-3-270m", 9, 7, cache=tmp_path)
 
 
 def test_unpublished_names_fail_before_any_download(monkeypatch):
@@ -143,7 +147,7 @@ def test_unpublished_names_fail_before_any_download(monkeypatch):
     monkeypatch.delenv("EP_DATA_DIR")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: any request would fail differently
     with pytest.raises(FileNotFoundError, match="not published"):
-        ep.Dictionary.from_hub("gemma-2-2b", 12, 3)
+        ep.published.from_hub("gemma-2-2b", 12, 3)
 
 
 def test_choose_offline_stand_ins_or_the_published_files(monkeypatch):

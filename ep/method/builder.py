@@ -27,8 +27,9 @@ import torch
 
 from .._version import __version__
 from .calibration import Calibration, load_arrays, save_arrays
-from .dictionary import SCHEMA_VERSION, Dictionary
+from .dictionary import Dictionary
 from .leader import LeaderClustering, torch_threads
+from .rows import check_shape
 
 
 def _merge_top(dist_state: torch.Tensor, ctx_state: torch.Tensor, region: torch.Tensor,
@@ -135,8 +136,7 @@ class DictionaryBuilder:
 
     def _add_arrays(self, acts, doc, pos, token) -> int:
         a = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.asarray(acts))
-        if a.ndim != 2 or a.shape[1] != self.dim:
-            raise ValueError(f"acts must have shape [N, {self.dim}], got {tuple(a.shape)}")
+        check_shape(a, self.dim)
         n = a.shape[0]
         cols = [torch.as_tensor(x).reshape(-1).to(self.device, torch.int64) for x in (doc, pos, token)]
         if any(c.shape[0] != n for c in cols):
@@ -231,16 +231,8 @@ class DictionaryBuilder:
         norm = sums.norm(dim=1)                              # [K]
         counts = self._counts[:k].cpu().clone()
         cpu = lambda t: t.to("cpu", copy=True)
-        meta = {**getattr(cal, "meta", {}), "threshold": float(cal.threshold),
-                "percentile": getattr(cal, "percentile", None),
-                "calibration_tokens": getattr(cal, "n_tokens", None),
-                "calibration_seed": getattr(cal, "seed", None),
-                "calibration_batch_size": getattr(cal, "batch_size", None),
-                "calibration_protocol": getattr(cal, "protocol", None),
-                "calibration_docs_per_batch": getattr(cal, "docs_per_batch", None), **self.meta,
-                "tokens_streamed": self.tokens, "num_regions": k, "n_samples": self.n_samples,
-                "schema_version": SCHEMA_VERSION,
-                "ep_version": __version__}
+        meta = {**self.meta, "calibration": cal.record(), "tokens_streamed": self.tokens, "num_regions": k,
+                "n_samples": self.n_samples, "ep_version": __version__}
         return Dictionary(
             centre=cpu(self.centre), threshold=float(cal.threshold),
             exemplars=cpu(self.leader.exemplars[:k].float()), counts=counts,
@@ -249,12 +241,6 @@ class DictionaryBuilder:
             exemplar_context=cpu(self._ex_ctx[:k, :3]).contiguous(), exemplar_index=cpu(self._ex_ctx[:k, 3]),
             nearest_contexts=cpu(self._near_ctx[:k]), nearest_dist=cpu(self._near_dist[:k]),
             farthest_contexts=cpu(self._far_ctx[:k]), farthest_dist=cpu(self._far_dist[:k]), meta=meta)
-
-    def finish(self) -> Dictionary:
-        """Old name of snapshot() (it never finished anything); kept so existing callers work."""
-        import warnings
-        warnings.warn("DictionaryBuilder.finish() is now snapshot()", DeprecationWarning, stacklevel=2)
-        return self.snapshot()
 
 
 OFFICIAL_BATCH_DOCS = 128  # texts per batch of the official builder, the unit of its stop rule
@@ -294,7 +280,7 @@ def _skip(batches: Iterable, n: int):
         if n >= len(batch.acts):
             n -= len(batch.acts)
             continue
-        yield batch if n == 0 else type(batch)(*(getattr(batch, f)[n:] for f in ("acts", "doc", "pos", "token")))
+        yield batch if n == 0 else batch[n:]
         n = 0
 
 

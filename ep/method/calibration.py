@@ -32,24 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .batch import ActivationBatch
 from .files import atomic_write_bytes, canonical_json, key_hash, load_arrays, save_arrays  # noqa: F401 (re-exported)
+from .rows import check_acts, check_shape
 
 SCHEMA_VERSION = 2
 _META_KEY = "ep_calibration"  # the single key in the safetensors __metadata__
-
-
-def check_acts(acts, dim: int | None = None, name: str = "acts", allow_empty: bool = False) -> torch.Tensor:
-    """numpy / torch [N, d] -> float torch tensor (no copy if possible), with clear errors."""
-    t = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.ascontiguousarray(acts))
-    if t.ndim != 2 or (dim is not None and t.shape[1] != dim):
-        raise ValueError(f"{name} must have shape [N, {dim or 'd'}], got {tuple(t.shape)}")
-    if t.shape[0] == 0 and not allow_empty:
-        raise ValueError(f"{name} is empty (0 rows)")
-    if not t.is_floating_point():
-        t = t.float()
-    if not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains NaN or inf")
-    return t
 
 
 def spherical_centre(acts, chunk_size: int = 65536) -> torch.Tensor:
@@ -83,8 +71,7 @@ def to_directions(acts, centre) -> torch.Tensor:
     """
     a = acts if isinstance(acts, torch.Tensor) else torch.as_tensor(np.asarray(acts))
     c = torch.as_tensor(centre).to(a.device, torch.float32)
-    if a.ndim != 2 or a.shape[1] != c.shape[0]:
-        raise ValueError(f"expected activations [N, {c.shape[0]}], got shape {tuple(a.shape)}")
+    check_shape(a, c.shape[0])
     x = a.float() - c  # [N, d]
     return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
@@ -252,13 +239,15 @@ PROTOCOLS = ("documents", "rows")
 class Calibration:
     centre: torch.Tensor  # [d] float32 frozen spherical centre
     threshold: float      # θ, cosine distance
-    percentile: float
-    n_tokens: int         # rows the calibration was estimated on
+    percentile: float | None  # None: not recorded (e.g. a published dictionary)
+    n_tokens: int | None      # rows the calibration was estimated on (None: not recorded)
     batch_size: int = 1024
     seed: int = 0
     meta: dict = field(default_factory=dict)  # provenance: model, layer, extractor params...
     protocol: str = "rows"            # how θ's batches were cut: "documents" (the paper) or "rows"
     docs_per_batch: int | None = None  # documents per batch under the "documents" protocol
+
+    RECORD = ("percentile", "n_tokens", "batch_size", "seed", "meta", "protocol", "docs_per_batch")
 
     @property
     def dim(self) -> int:
@@ -270,26 +259,24 @@ class Calibration:
 
     def __repr__(self) -> str:
         return (f"Calibration(dim={self.dim}, threshold={self.threshold:.6g}, "
-                f"percentile={self.percentile:g}, n_tokens={self.n_tokens}, protocol={self.protocol!r}, "
+                f"percentile={self.percentile}, n_tokens={self.n_tokens}, protocol={self.protocol!r}, "
                 f"meta={self.meta})")
+
+    def record(self) -> dict:
+        """Everything but the centre and θ, as JSON (a dictionary file keeps it as ``meta["calibration"]``)."""
+        return {name: getattr(self, name) for name in self.RECORD}
+
+    @classmethod
+    def from_record(cls, centre: torch.Tensor, threshold: float, record: dict) -> Calibration:
+        """Inverse of record(), given the centre and θ; settings the record lacks take their defaults."""
+        known = {k: v for k, v in record.items() if k in cls.RECORD}
+        return cls(centre=centre, threshold=float(threshold), **{"percentile": None, "n_tokens": None, **known})
 
     def save(self, path, key: dict | None = None) -> None:
         _save(self, Path(path), key)
 
-    @staticmethod
-    def of(dictionary) -> Calibration:
-        """The calibration a dictionary was built with (its centre, θ, and what its metadata recorded)."""
-        meta = dictionary.meta
-        return Calibration(centre=dictionary.centre, threshold=float(dictionary.threshold),
-                           percentile=float(meta.get("percentile") or "nan"),
-                           n_tokens=int(meta.get("calibration_tokens") or 0),
-                           batch_size=int(meta.get("calibration_batch_size") or 1024),
-                           seed=int(meta.get("calibration_seed") or 0),
-                           protocol=meta.get("calibration_protocol") or "rows",
-                           docs_per_batch=meta.get("calibration_docs_per_batch"))
-
-    @staticmethod
-    def load(path) -> Calibration:
+    @classmethod
+    def load(cls, path) -> Calibration:
         return _load(Path(path))[0]
 
 
@@ -309,7 +296,7 @@ def calibrate(acts, percentile: float, batch_size: int = 1024, seed: int = 0, me
     ([1.5, 1.5], 1.7412, 'documents')
     """
     p = _check_percentile(percentile)
-    if doc is None and hasattr(acts, "acts") and hasattr(acts, "doc"):  # an ActivationBatch
+    if doc is None and isinstance(acts, ActivationBatch):
         acts, doc = acts.acts, acts.doc
     protocol = protocol or ("rows" if doc is None else "documents")
     if protocol not in PROTOCOLS:
@@ -339,10 +326,7 @@ def calibrate(acts, percentile: float, batch_size: int = 1024, seed: int = 0, me
 # files and caching (the writers live in ep.method.files)
 
 def _save(cal: Calibration, path: Path, key: dict | None) -> None:
-    info = {"schema_version": SCHEMA_VERSION, "threshold": float(cal.threshold),
-            "percentile": float(cal.percentile), "n_tokens": int(cal.n_tokens),
-            "batch_size": int(cal.batch_size), "seed": int(cal.seed), "meta": cal.meta, "key": key,
-            "protocol": cal.protocol, "docs_per_batch": cal.docs_per_batch}
+    info = {"schema_version": SCHEMA_VERSION, "threshold": float(cal.threshold), **cal.record(), "key": key}
     save_arrays(path, {"centre": cal.centre.float()}, info, _META_KEY)
 
 
@@ -354,11 +338,7 @@ def _load(path: Path) -> tuple[Calibration, dict | None]:
         centre = tensors["centre"]
         if centre.ndim != 1 or centre.dtype != torch.float32:
             raise ValueError(f"bad centre: {centre.dtype} {tuple(centre.shape)}")
-        cal = Calibration(centre=centre, threshold=float(info["threshold"]),
-                          percentile=float(info["percentile"]), n_tokens=int(info["n_tokens"]),
-                          batch_size=int(info["batch_size"]), seed=int(info["seed"]),
-                          meta=info["meta"], protocol=info.get("protocol", "rows"),
-                          docs_per_batch=info.get("docs_per_batch"))
+        cal = Calibration.from_record(centre, float(info["threshold"]), info)
     except Exception as e:
         raise ValueError(f"{path}: not a valid calibration file ({type(e).__name__}: {e})") from e
     return cal, info.get("key")

@@ -11,7 +11,10 @@ without pickle.
 Schema 2 adds human-readable contexts, so a region can be shown without the documents:
 ``with_contexts(lookup)`` stores (left text, token, right text) for every stored context, and
 ``documents`` can hold the texts the ``doc`` column indexes (the published dictionaries keep
-prompt texts, not token ids; see ep.method.published). Schema-1 files still load.
+prompt texts, not token ids; ``ep.published.from_hub`` opens them). Schema 3 keeps the calibration's record nested in
+``meta["calibration"]`` and, for a dictionary made by ``ep.build``, the ``BuildConfig`` in ``meta["config"]``
+(``Dictionary.calibration`` and ``Dictionary.config`` give them back typed). Schema-1 and -2 files still load:
+their flat ``calibration_*`` keys are moved into the nested record as they are read (``_upgrade_meta``).
 """
 
 from __future__ import annotations
@@ -25,9 +28,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .calibration import check_acts, load_arrays, save_arrays, to_directions
+from .assignment import Assignment, extract
+from .calibration import Calibration, load_arrays, save_arrays, to_directions
+from .config import BuildConfig
+from .rows import check_acts
 
-SCHEMA_VERSION = 2  # 2: + strings / documents and the *_text arrays; 1 still loads
+SCHEMA_VERSION = 3  # 3: meta["calibration"] nested; 2: + strings / documents and the *_text arrays; 1 and 2 still load
 _META_KEY = "ep_dictionary"  # the single key in the safetensors __metadata__
 
 
@@ -297,6 +303,15 @@ class Dictionary:
         order = np.argsort(dist, kind="stable")[:n]
         return order, dist[order]
 
+    BASES = ("exemplar", "mean")
+
+    def basis(self, name: str) -> torch.Tensor:
+        """[K, d] unit directions in centred space: the regions' ``"exemplar"`` or their ``"mean"`` member direction
+        (the one place a basis name is checked)."""
+        if name not in self.BASES:
+            raise ValueError(f"basis must be one of {self.BASES}, got {name!r}")
+        return self.exemplars if name == "exemplar" else self.mean_directions
+
     def directions(self, acts) -> torch.Tensor:
         """acts [N, d] raw -> [N, d] float32 centred unit rows."""
         return to_directions(check_acts(acts, self.dim, allow_empty=True), self.centre)
@@ -323,6 +338,33 @@ class Dictionary:
             ids[s:s + batch_size], dist[s:s + batch_size] = idx.cpu().numpy(), (1.0 - sim).cpu().numpy()
         return ids, dist
 
+    def assign_texts(self, model, texts, *, layer: int | None = None, context_length: int | None = None,
+                     progress: bool = False) -> Assignment:
+        """Run ``model`` on ``texts`` and assign every token: -> ``Assignment`` (tokens, regions, distances).
+
+        The layer and the context length are the dictionary's own (its ``config``; a published dictionary's
+        recorded layer and context length); pass them when the dictionary does not record them.
+
+        >>> a = d.assign_texts(model, ["The river bank was flooded."])  # doctest: +SKIP
+        >>> a.text(0)  # doctest: +SKIP
+        [('The', 12, 0.41), (' river', 3, 0.22), ...]
+        """
+        config, recorded = self.config, self.meta.get("config") if isinstance(self.meta.get("config"), dict) else {}
+        layer = layer if layer is not None else config.layer if config else self.meta.get("layer")
+        if context_length is None:
+            context_length = config.context_length if config else recorded.get("context_length")
+        if layer is None or context_length is None:
+            raise ValueError("this dictionary does not record its layer and context length: pass layer= and "
+                             "context_length=")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        batch = extract(model, texts, int(layer), context_length=int(context_length), progress=progress,
+                        exact_context=bool(config and config.exact_context))
+        region, distance = self.assign(batch.acts)
+        token = batch.token.numpy()
+        return Assignment(doc=batch.doc.numpy(), pos=batch.pos.numpy(), token=token,
+                          tokens=model.tokenizer.batch_decode([[int(t)] for t in token]), region=region,
+                          distance=distance)
+
     def _info(self) -> dict:
         return {"schema_version": SCHEMA_VERSION, "threshold": self.threshold, "meta": self.meta}
 
@@ -331,20 +373,26 @@ class Dictionary:
         """True when every stored context carries its text (see with_contexts)."""
         return bool((self.exemplar_text >= 0).all())
 
+    @property
+    def config(self) -> BuildConfig | None:
+        """The settings and provenance of the ``ep.build`` that made this dictionary; None if it was made otherwise
+        (``build_dictionary``; a published dictionary, whose ``meta["config"]`` is the official build's record)."""
+        record = self.meta.get("config")
+        built = isinstance(record, dict) and {f.name for f in dataclasses.fields(BuildConfig)} <= set(record)
+        return BuildConfig.from_dict(record) if built else None
+
+    @property
+    def calibration(self) -> Calibration:
+        """The calibration the dictionary was built with: its centre, θ, and what the build recorded of the rest."""
+        record = self.meta.get("calibration")
+        return Calibration.from_record(self.centre, self.threshold, record if isinstance(record, dict) else {})
+
     def save(self, path) -> None:
         """Atomically write one .safetensors file (arrays + checksummed JSON header)."""
         save_arrays(path, self._arrays(), self._info(), _META_KEY)
 
-    @staticmethod
-    def from_hub(model_short: str = "gemma-2-2b", layer: int = 12, percentile: int = 10, **kwargs) -> Dictionary:
-        """A dictionary the paper's authors published (J-RUM/exemplar-partitioning), opened without
-        running code from the file: see ep.method.published.from_hub."""
-        from .published import from_hub
-
-        return from_hub(model_short, layer, percentile, **kwargs)
-
-    @staticmethod
-    def load(path) -> Dictionary:
+    @classmethod
+    def load(cls, path) -> Dictionary:
         """Read and fully validate a file written by save(); raises DictionaryFormatError."""
         try:
             arrays, info = load_arrays(path, _META_KEY)
@@ -354,7 +402,7 @@ class Dictionary:
         if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
             raise DictionaryFormatError(f"{path}: schema version {version} was written by a newer ep; this code "
                                         f"reads versions 1-{SCHEMA_VERSION}: upgrade ep to open it")
-        if version not in (1, SCHEMA_VERSION) or isinstance(version, bool):
+        if version not in range(1, SCHEMA_VERSION + 1) or isinstance(version, bool):
             raise DictionaryFormatError(f"{path}: schema version {version!r}, this code reads versions "
                                         f"1-{SCHEMA_VERSION}")
         if not isinstance(info.get("meta"), dict):
@@ -368,7 +416,28 @@ class Dictionary:
             for t in _STRING_TABLES:
                 extra[t] = unpack_strings(arrays.pop(f"{t}_utf8"), arrays.pop(f"{t}_offsets"))
         _validate(arrays, info.get("threshold"))
-        return Dictionary(threshold=info["threshold"], meta=info["meta"], **arrays, **extra)
+        return cls(threshold=info["threshold"], meta=_upgrade_meta(info["meta"], version), **arrays, **extra)
+
+
+_FLAT_CALIBRATION = {"percentile": "percentile", "calibration_tokens": "n_tokens", "calibration_seed": "seed",
+                     "calibration_batch_size": "batch_size", "calibration_protocol": "protocol",
+                     "calibration_docs_per_batch": "docs_per_batch"}  # schema <= 2 key -> Calibration field
+
+
+def _upgrade_meta(meta: dict, version: int) -> dict:
+    """A schema-1/2 file's meta in the schema-3 shape: the builder's flat calibration keys (and its copy of θ)
+    nested as ``meta["calibration"]``; ``ep.build``'s second copies of model, layer and context length dropped
+    (its ``config`` holds them). A published conversion (no calibration keys) keeps its meta as it was."""
+    if version >= 3 or "calibration_tokens" not in meta:
+        return meta
+    meta = dict(meta)
+    record = {field: meta.pop(key) for key, field in _FLAT_CALIBRATION.items() if key in meta}
+    for key in ("threshold", "schema_version"):  # the file's header holds both
+        meta.pop(key, None)
+    if isinstance(meta.get("config"), dict):
+        for key in ("model", "layer", "context_length"):
+            meta.pop(key, None)
+    return {**meta, "calibration": {k: v for k, v in record.items() if v is not None}}
 
 
 def _triple(t) -> tuple[str, str, str]:

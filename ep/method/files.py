@@ -30,6 +30,12 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 
+def cache_dir() -> Path:
+    """The one cache folder: ``$EP_CACHE_DIR``, default ``~/.cache/ep-tutorial`` (converted models, calibrations,
+    finetuned siblings, published conversions, each in its own subfolder)."""
+    return Path(os.environ.get("EP_CACHE_DIR", Path.home() / ".cache" / "ep-tutorial"))
+
+
 def canonical_json(obj) -> str:
     """Deterministic JSON: sorted keys, no whitespace, strict (no NaN).
 

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .device import default_device, screen_dtype
+from .rows import check_shape
 
 U_BF16 = 2.0**-8  # unit roundoff of bf16 (8 significant bits)
 SCREENS = (torch.bfloat16, torch.float32)
@@ -342,12 +343,10 @@ def _check_threshold(threshold: float) -> None:
 
 def _as_rows(directions, dim: int | None = None) -> torch.Tensor:
     x = torch.as_tensor(directions)
-    if x.ndim != 2:
-        raise ValueError(f"directions must be 2-D [N, d], got shape {tuple(x.shape)}")
+    check_shape(x, None, "directions")
     if x.shape[1] == 0 or (dim is None and x.shape[0] == 0):
         raise ValueError(f"directions is empty: shape {tuple(x.shape)}")
-    if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"directions must have {dim} columns, got {x.shape[1]}")
+    check_shape(x, dim, "directions")
     x = x.to(torch.float32).contiguous()
     if not torch.isfinite(x.sum()) and not torch.isfinite(x).all():  # a finite sum proves all finite
         raise ValueError("directions contain NaN or inf")
@@ -585,8 +584,7 @@ class LeaderClustering:
         """Continue from ``state()``: the same exemplars, so every later decision is the same. The bounds are
         the larger of the saved ones and this screen's own (a checkpoint may come from the other screen)."""
         x = exemplars.to(self.device, torch.float32).contiguous()
-        if x.ndim != 2 or x.shape[1] != self.dim:
-            raise ValueError(f"exemplars must be [K, {self.dim}], got {tuple(x.shape)}")
+        check_shape(x, self.dim, "exemplars")
         self._k, self._eps, self._norm = 0, 0.0, 0.0
         self._e32 = torch.empty(0, self.dim, device=self.device)
         self._es = self._e32.to(self.screen)

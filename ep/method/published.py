@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .dictionary import SCHEMA_VERSION, Dictionary, DictionaryFormatError
-from .files import sha256_file
+from .files import cache_dir, sha256_file
 
 REPO_ID = "J-RUM/exemplar-partitioning"
 # (model, layer) -> percentiles published (the official README's "Prebuilt dictionaries" table): 13 builds
@@ -325,10 +325,6 @@ def convert(official: OfficialDictionary, meta: dict | None = None) -> Dictionar
 
 # -- files, cache, hub ------------------------------------------------------------------------------------
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("EP_CACHE_DIR", Path.home() / ".cache" / "ep-tutorial")) / "published"
-
-
 def open_published(pkl_path, meta: dict | None = None, cache: Path | None = None, digest: str | None = None
                    ) -> Dictionary:
     """
@@ -338,7 +334,7 @@ def open_published(pkl_path, meta: dict | None = None, cache: Path | None = None
     """
     pkl_path = Path(pkl_path)
     digest = digest or sha256_file(pkl_path)
-    target = Path(cache or cache_dir()) / f"{digest}_schema{SCHEMA_VERSION}.safetensors"
+    target = Path(cache or cache_dir() / "published") / f"{digest}_schema{SCHEMA_VERSION}.safetensors"
     if target.exists():
         try:
             return Dictionary.load(target)
@@ -381,16 +377,21 @@ def _hub_trouble(error: BaseException) -> str:
     return "could not reach the hub: check the internet connection"
 
 
-def from_hub(model_short: str = "gemma-2-2b", layer: int = 12, percentile: int = 10, *, repo_id: str = REPO_ID,
-             local_dir=None, cache: Path | None = None, verbose: bool = True) -> Dictionary:
+def from_hub(model_short: str | None = None, layer: int | None = None, percentile: int = 10, *,
+             repo_id: str = REPO_ID, local_dir=None, cache: Path | None = None, verbose: bool = True) -> Dictionary:
     """
-    The official call's name and arguments. Reads ``$EP_DATA_DIR/ep_hub/{model}_L{layer}_p{p}/...`` when that
+    The official ``Dictionary.from_hub``'s name and arguments (``ep.published.from_hub``). ``model_short`` and
+    ``layer`` None resolve as notebook 00 does (``choose``): the mirror's stand-in when ``$EP_DATA_DIR`` holds
+    it, else the paper's ``gemma-2-2b`` layer 12. Reads ``$EP_DATA_DIR/ep_hub/{model}_L{layer}_p{p}/...`` when that
     file exists (offline). Otherwise it asks the hub for the file's size and sha256 and, unless a conversion of
     that exact file is cached already, says the size, downloads it with huggingface_hub into a temporary folder,
     checks its sha256 against the hub's record, converts it (open_published: no code from the file runs) and
     caches only the conversion. The pickle itself is deleted afterwards, so a damaged or cut-off download never
     stays in any cache: the next call starts clean. Every failure raises one error that says what to do.
     """
+    if model_short is None or layer is None:
+        chosen = choose(model_short, layer, percentile, compare_with=[], model_name=None)
+        model_short, layer = chosen["model_short"], chosen["layer"]
     pkl, meta_json = hub_paths(model_short, layer, percentile)
     root = Path(local_dir) if local_dir is not None else (
         Path(os.environ["EP_DATA_DIR"]) / "ep_hub" if os.environ.get("EP_DATA_DIR") else None)
@@ -404,9 +405,9 @@ def from_hub(model_short: str = "gemma-2-2b", layer: int = 12, percentile: int =
     try:
         from huggingface_hub import HfApi, hf_hub_download
     except ImportError as e:
-        raise ImportError("Dictionary.from_hub needs huggingface_hub online: pip install huggingface_hub") from e
+        raise ImportError("from_hub needs huggingface_hub online: pip install huggingface_hub") from e
     where = root / pkl if root else f"$EP_DATA_DIR/ep_hub/{pkl}"
-    cache = Path(cache or cache_dir())
+    cache = Path(cache or cache_dir() / "published")
     try:
         info = {i.path: i for i in HfApi().get_paths_info(repo_id, [pkl], repo_type="dataset")}.get(pkl)
     except Exception as e:

@@ -16,29 +16,13 @@ can later show the contexts that landed in it. ``remote=True`` runs the forwards
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 
+from ..method.assignment import register_extractor
+from ..method.batch import ActivationBatch  # noqa: F401 (re-exported: ep.model.activations.ActivationBatch)
 from .remote import check_remote, inputs_on_device
-
-
-@dataclass
-class ActivationBatch:
-    acts: torch.Tensor  # [n, d] float32
-    doc: torch.Tensor  # [n] int64, index of the text in the stream
-    pos: torch.Tensor  # [n] int64, token position in the (tokenized, truncated) text
-    token: torch.Tensor  # [n] int64, token id
-
-    def __len__(self) -> int:
-        return len(self.acts)
-
-    @staticmethod
-    def cat(batches: list[ActivationBatch]) -> ActivationBatch:
-        if not batches:
-            raise ValueError("no activations: the text stream was empty")
-        return ActivationBatch(*(torch.cat([getattr(b, f) for b in batches]) for f in ("acts", "doc", "pos", "token")))
 
 
 def decoder_layers(model):
@@ -135,7 +119,7 @@ def iter_token_activations(
         positions = mask.cumsum(-1) - 1  # position within the text, whatever the padding side
         out = ActivationBatch(hidden[rows, cols], index[rows], positions[rows, cols], ids[rows, cols])
         if max_tokens is not None and seen + len(out) >= max_tokens:
-            out = ActivationBatch(*(t[: max_tokens - seen] for t in (out.acts, out.doc, out.pos, out.token)))
+            out = out[: max_tokens - seen]
         seen += len(out)
         bar.update(len(out))
         yield out
@@ -177,3 +161,6 @@ def token_activations(model, texts: Iterable[str], layer: int, **kwargs) -> Acti
 def final_activations(model, texts: Iterable[str], layer: int, **kwargs) -> ActivationBatch:
     """Final-position activations of ``texts`` in one batch."""
     return ActivationBatch.cat(list(iter_final_activations(model, texts, layer, **kwargs)))
+
+
+register_extractor(token_activations)  # Dictionary.assign_texts extracts with it (ep.method imports no model code)

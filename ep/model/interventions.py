@@ -153,16 +153,3 @@ def projections(acts: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
 def layers_all(n_layers: int) -> tuple[int, ...]:
     """Every decoder block, for 'at all layers' ablations."""
     return tuple(range(n_layers))
-
-
-def ablation_grid(regions: dict[str, torch.Tensor], layer: int, centre: torch.Tensor,
-                  removals: Sequence[str] = ("centred", "plain")) -> dict[str, Ablation]:
-    """One :class:`Ablation` per (region directions, removal) at ``layer``, named 'removal · region'."""
-    grid = {}
-    for region, dirs in regions.items():
-        for removal in removals:
-            if removal not in ("centred", "plain"):
-                raise ValueError(f"removal must be 'centred' or 'plain', got {removal!r}")
-            name = f"{removal} · {region}"
-            grid[name] = Ablation(dirs, (layer,), centre if removal == "centred" else None, name)
-    return grid

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..method.device import default_device, default_dtype
-from ..method.files import sha256_file, staged_dir
+from ..method.files import cache_dir, sha256_file, staged_dir
 
 
 @dataclass(frozen=True)
@@ -60,10 +59,6 @@ class ModelInfo:
     has_chat_template: bool
     device: torch.device
     dtype: torch.dtype
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EP_CACHE_DIR", Path.home() / ".cache" / "ep-tutorial"))
 
 
 def _import(package: str):

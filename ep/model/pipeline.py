@@ -6,22 +6,23 @@ lives here once:
 
     >>> model, info = ep.load_model("gemma-3-270m")
     >>> d = ep.build(model, ep.data.corpus(), layer=9, max_tokens=20_000)
-    >>> d.meta["config"]["layer"], d.region(0)          # provenance, and a region shown with its contexts
+    >>> d.config.layer, d.region(0)          # provenance, and a region shown with its contexts
 
 The first ``calibration_docs`` texts fix the centre and θ and are never streamed; the texts after them
 are streamed until ``max_tokens``. The calibration is cached on disk, keyed by everything it depends on:
 the model's identity (name and a fingerprint of its weights, so a retrained sibling never reuses an old
 one), the calibration texts themselves, the layer and every extraction setting. The build records a
-``BuildConfig`` in the dictionary's metadata (as SAELens writes its config into every SAE) and attaches
-human-readable contexts, so ``d.region(k)`` shows a region without the documents.
+``BuildConfig`` in the dictionary's file (as SAELens writes its config into every SAE) and attaches
+human-readable contexts, so ``d.region(k)`` shows a region without the documents. ``BuildConfig`` (its
+defaults, and the provenance fields the build fills in) lives in ``ep.method.config``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -29,32 +30,11 @@ from .._version import __version__
 from ..data import source
 from ..method.builder import build_dictionary
 from ..method.calibration import Calibration, cached_calibration, calibrate
+from ..method.config import BuildConfig
 from ..method.dictionary import Dictionary
+from ..method.files import cache_dir
 from ..show.display import Contexts
 from .activations import iter_token_activations, long_enough, token_activations
-from .loading import cache_dir
-
-
-@dataclass(frozen=True)
-class BuildConfig:
-    """Everything a build depends on, written into the dictionary's metadata as ``meta["config"]``."""
-
-    model: str                   # the model's name or path
-    model_fingerprint: str       # sha256 over a slice of every weight tensor
-    layer: int
-    percentile: float = 1.0
-    calibration_docs: int = 100  # texts used only for the centre and θ (the paper: ~200k tokens)
-    docs_per_batch: int = 128    # θ: mean over batches of this many whole calibration texts (the paper's CLI)
-    max_tokens: int | None = 20_000  # tokens streamed into the build (the paper: 10M)
-    context_length: int = 64     # tokens per text, BOS included (the paper: 128 after BOS, see exact_context)
-    batch_size: int = 16         # texts per forward pass
-    seed: int = 0
-    n_samples: int = 8           # nearest and farthest members kept per region
-    saturation_window: int | None = None  # stop after this many batches of batch_size texts without a new region
-    #                                       (None: never; the official: 1 batch of 128 texts)
-    exact_context: bool = False  # True: context_length activations after BOS, shorter texts skipped (the official)
-    data_source: str = field(default_factory=source)  # the offline mirror or upstream (ep.data.source)
-    ep_version: str = __version__
 
 
 def model_fingerprint(model) -> str:
@@ -65,12 +45,14 @@ def model_fingerprint(model) -> str:
     return digest.hexdigest()[:16]
 
 
-def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, calibration_docs: int = 100,
-          docs_per_batch: int = 128, max_tokens: int | None = 20_000, context_length: int = 64,
-          batch_size: int = 16, seed: int = 0, n_samples: int = 8, checkpoint=None,
-          saturation_window: int | None = None, exact_context: bool = False, on_batch=None,
-          on_activations=None, progress: bool = True) -> Dictionary:
+def build(model, texts: Iterable[str], layer: int, config: BuildConfig | None = None, *, checkpoint=None,
+          on_batch=None, on_activations=None, progress: bool = True, **overrides) -> Dictionary:
     """Calibrate on the first ``calibration_docs`` texts, stream the rest through leader clustering -> Dictionary.
+
+    The settings are a ``BuildConfig`` (its defaults: a small CPU build), changed by ``config`` and/or keyword
+    overrides named like its fields (``ep.build(model, texts, 9, percentile=10, max_tokens=5_000)``); the
+    dictionary keeps the config with the model's name and fingerprint, the layer and the data source filled in
+    (``d.config``), and its calibration (``d.calibration``).
 
     θ follows the paper's protocol: the mean over batches of ``docs_per_batch`` whole calibration texts, in
     order, of the p-th percentile of within-batch pairwise cosine distances (``ep.calibrate``).
@@ -84,24 +66,23 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
     context_length=128, exact_context=True, max_tokens=1_000_000, saturation_window=1)``: the official
     ``build_partitions.py`` defaults (its 200k calibration tokens are 13 batches of 128 documents of 128 tokens).
     ``on_activations(batch)`` sees every streamed ``ActivationBatch`` (e.g. ``list.append``, to train an SAE on the
-    very tokens the dictionary was built from without a second forward pass). ``ep.Calibration.of(d)`` gives back
-    the calibration.
+    very tokens the dictionary was built from without a second forward pass).
     """
+    settings = (config or BuildConfig()).replace(**overrides)
     texts = iter(texts)
-    if exact_context:  # only texts that fill the context, for the calibration and the stream alike (official)
-        texts = (text for _, text in long_enough(model.tokenizer, texts, context_length))
-    calibration_texts = list(itertools.islice(texts, calibration_docs))
+    if settings.exact_context:  # only texts that fill the context, for the calibration and the stream (official)
+        texts = (text for _, text in long_enough(model.tokenizer, texts, settings.context_length))
+    calibration_texts = list(itertools.islice(texts, settings.calibration_docs))
     if len(calibration_texts) < 2:
         raise ValueError(f"need at least 2 calibration texts, got {len(calibration_texts)}")
     name = str(getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__)
-    config = BuildConfig(model=name, model_fingerprint=model_fingerprint(model), layer=int(layer),
-                         percentile=float(percentile), calibration_docs=len(calibration_texts),
-                         docs_per_batch=int(docs_per_batch), max_tokens=max_tokens,
-                         context_length=context_length, batch_size=batch_size, seed=seed, n_samples=n_samples,
-                         saturation_window=saturation_window, exact_context=bool(exact_context))
-    extract = dict(context_length=context_length, batch_size=batch_size, progress=progress,
-                   exact_context=bool(exact_context))
-    key = {**asdict(config), "max_tokens": None, "n_samples": None, "ep_version": None,  # not what θ depends on
+    config = dataclasses.replace(settings, model=name, model_fingerprint=model_fingerprint(model), layer=int(layer),
+                                 percentile=float(settings.percentile), calibration_docs=len(calibration_texts),
+                                 exact_context=bool(settings.exact_context), data_source=source(),
+                                 ep_version=__version__)
+    extract = dict(context_length=config.context_length, batch_size=config.batch_size, progress=progress,
+                   exact_context=config.exact_context)
+    key = {**config.to_dict(), "max_tokens": None, "n_samples": None, "ep_version": None,  # not what θ depends on
            "saturation_window": None,
            "texts": hashlib.sha256("\x00".join(calibration_texts).encode()).hexdigest(), "extractor": "token",
            "calibration_protocol": "documents",
@@ -109,20 +90,20 @@ def build(model, texts: Iterable[str], layer: int, *, percentile: float = 1.0, c
 
     def compute() -> Calibration:
         batch = token_activations(model, calibration_texts, layer, desc="calibration", **extract)
-        return calibrate(batch, percentile, seed=seed, docs_per_batch=docs_per_batch,
-                         meta={"model": name, "layer": int(layer)})
+        return calibrate(batch, config.percentile, seed=config.seed, docs_per_batch=config.docs_per_batch)
 
     calibration = cached_calibration(key, compute, cache_dir() / "calibrations")
+    calibration = dataclasses.replace(calibration, meta={})  # the config names the model and layer, once
     streamed: list[str] = []
     recorded = (streamed.append(t) or t for t in texts)  # keep the streamed texts for the contexts
-    stream = iter_token_activations(model, recorded, layer, max_tokens=max_tokens, **extract)
+    stream = iter_token_activations(model, recorded, layer, max_tokens=config.max_tokens, **extract)
     if on_activations is not None:
         stream = (on_activations(b) or b for b in stream)
-    meta = {"config": asdict(config), "model": name, "layer": int(layer), "context_length": context_length}
-    dictionary = build_dictionary(stream, calibration, n_samples=n_samples, progress=progress, meta=meta,
-                                  checkpoint=checkpoint, saturation_window=saturation_window, on_batch=on_batch)
+    dictionary = build_dictionary(stream, calibration, n_samples=config.n_samples, progress=progress,
+                                  meta={"config": config.to_dict()}, checkpoint=checkpoint,
+                                  saturation_window=config.saturation_window, on_batch=on_batch)
     dictionary.meta["texts_read"] = len(calibration_texts) + len(streamed)  # held-out text starts after these
-    length = context_length + (model.tokenizer.num_special_tokens_to_add() if exact_context else 0)
+    length = config.context_length + (model.tokenizer.num_special_tokens_to_add() if config.exact_context else 0)
     return dictionary.with_contexts(_lookup(model.tokenizer, streamed, dictionary, length))
 
 

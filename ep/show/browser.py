@@ -166,9 +166,9 @@ def browser(d, out_dir, labels=None, scores=None, lens=None, lookup=None, region
     regions = list(range(K)) if regions is None else sorted({int(k) for k in regions})
     if not regions or not all(0 <= k < K for k in regions):
         raise ValueError(f"regions must be a non-empty subset of 0..{K - 1}")
-    config = d.meta.get("config") if isinstance(d.meta.get("config"), dict) else {}
-    if title is None and {"model", "layer"} <= set(config):  # a model path or hub id: its last part names it
-        title = f"EP dictionary: {K} regions, {str(config['model']).rstrip('/').split('/')[-1]} layer {config['layer']}"
+    config = d.config
+    if title is None and config is not None and config.model:  # a model path or hub id: its last part names it
+        title = f"EP dictionary: {K} regions, {config.model.rstrip('/').split('/')[-1]} layer {config.layer}"
     title = title or f"EP dictionary: {K} regions"
     out = Path(out_dir)
     (out / "regions").mkdir(parents=True, exist_ok=True)

@@ -41,16 +41,12 @@ import scipy.sparse as sp
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from ..method.deprecation import renamed_keyword
-
 
 def ep_scorer(dictionary, basis: str = "exemplar") -> Callable[[torch.Tensor], torch.Tensor]:
     """acts [n, d] → signed projections (x - c)·e [n, K] for every region of an EP dictionary, e the unit
     exemplar ("exemplar") or the unit mean-member direction ("mean", the official comparison's default)."""
-    if basis not in ("exemplar", "mean"):
-        raise ValueError(f"basis must be 'exemplar' or 'mean', got {basis!r}")
+    directions = dictionary.basis(basis).float()  # [K, d]
     centre = dictionary.centre.float()  # [d]
-    directions = (dictionary.exemplars if basis == "exemplar" else dictionary.mean_directions).float()  # [K, d]
     return lambda x: (x.float() - centre) @ directions.T
 
 
@@ -100,7 +96,7 @@ def positive_counts(score: Callable[[torch.Tensor], torch.Tensor], acts, batch_s
 
 
 def paper_match(ep_score: Callable, sae_score: Callable, acts, n: int = 100, min_active: int = 20,
-                min_f1: float = 0.5, batch_size: int = 1024, *, threshold: float | None = None) -> dict:
+                min_f1: float = 0.5, batch_size: int = 1024) -> dict:
     """The official EP→SAE comparison (``scripts/compare_sae.py``) on the rows of acts [N, d].
 
     Top-n rows per unit among positive scores only; units with fewer than ``min_active`` positive rows
@@ -108,9 +104,7 @@ def paper_match(ep_score: Callable, sae_score: Callable, acts, n: int = 100, min
     F1 = 2·overlap / (|A| + |B|); regions with zero best overlap are dropped. Returns the headline
     ``matched_fraction`` (F1 > ``min_f1`` among matched regions), the counts, and per-region arrays
     ``best_feature`` / ``best_f1`` ([K]; -1 / 0 where a region is ineligible or overlaps nothing).
-    ``threshold``: the deprecated name of ``min_f1`` (an F1, not a distance); the result keeps the key.
     """
-    min_f1 = renamed_keyword("threshold", threshold, "min_f1", min_f1)
     region_sets = top_tokens(ep_score, acts, n, batch_size, positive_only=True)
     feature_sets = top_tokens(sae_score, acts, n, batch_size, positive_only=True)
     region_ok = positive_counts(ep_score, acts, batch_size) >= min_active
@@ -139,7 +133,7 @@ def paper_match(ep_score: Callable, sae_score: Callable, acts, n: int = 100, min
             "matched_fraction": float((f1[matched] > min_f1).mean()) if matched.any() else 0.0,
             "median_f1": float(np.median(f1[matched])) if matched.any() else 0.0,
             "features_used": int(len(np.unique(best_feature[matched & (f1 > min_f1)]))),
-            "threshold": min_f1, "top_n": n, "min_active": min_active,
+            "min_f1": min_f1, "top_n": n, "min_active": min_active,
             "best_feature": best_feature, "best_f1": f1, "region_sets": region_sets, "feature_sets": feature_sets,
             "sae_to_ep": sae_to_ep}
 
@@ -207,10 +201,9 @@ def hungarian(f1: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return rows[r[keep]], cols[c[keep]], dice[keep]
 
 
-def match_summary(f1: sp.csr_matrix, min_f1: float = 0.5, *, threshold: float | None = None) -> dict:
+def match_summary(f1: sp.csr_matrix, min_f1: float = 0.5) -> dict:
     """Headline numbers of a region × feature F1 matrix (regions are rows); a pair counts as matched with
-    F1 > ``min_f1`` (``threshold``: its deprecated name; the result keeps the key)."""
-    min_f1 = renamed_keyword("threshold", threshold, "min_f1", min_f1)
+    F1 > ``min_f1``."""
     n_regions, n_features = f1.shape
     best_col, best = best_match(f1)
     _, _, dice = hungarian(f1)
@@ -222,7 +215,7 @@ def match_summary(f1: sp.csr_matrix, min_f1: float = 0.5, *, threshold: float | 
         "features_used_by_best_matches": int(len(np.unique(best_col[best > min_f1]))),
         "hungarian_mean_dice": float(dice.sum() / n_pairs),  # over min(K, F) pairs; unmatched count 0
         "hungarian_matched_fraction": float((dice > min_f1).sum() / n_regions),
-        "threshold": min_f1,
+        "min_f1": min_f1,
     }
 
 

@@ -28,13 +28,11 @@ For paper-scale dictionaries restrict it to regions with at least ``min_count`` 
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..method.deprecation import renamed_keyword
 from ..method.dictionary import Dictionary
 
 
@@ -43,10 +41,7 @@ def exemplar_cosine(a: Dictionary, b: Dictionary, basis: str = "exemplar") -> np
     (each a centred unit vector in its own space)."""
     if a.dim != b.dim:
         raise ValueError(f"dictionaries of different widths cannot be matched: {a.dim} vs {b.dim}")
-    if basis not in ("exemplar", "mean"):
-        raise ValueError(f"basis is 'exemplar' or 'mean', got {basis!r}")
-    field = "exemplars" if basis == "exemplar" else "mean_directions"
-    return (getattr(a, field).double() @ getattr(b, field).double().T).numpy()
+    return (a.basis(basis).double() @ b.basis(basis).double().T).numpy()
 
 
 @dataclass
@@ -60,12 +55,6 @@ class Match:
     b_regions: np.ndarray  # [K_b'] same for b
     min_cosine: float  # a matched pair persisted if its cosine is at least this
     theta: float  # a cosine *distance*: distances are reported in units of this θ (a's)
-
-    @property
-    def cutoff(self) -> float:
-        """Deprecated name of :attr:`min_cosine`."""
-        warnings.warn("Match.cutoff is deprecated: use Match.min_cosine", DeprecationWarning, stacklevel=2)
-        return self.min_cosine
 
     @property
     def persisted(self) -> np.ndarray:
@@ -106,16 +95,15 @@ class Match:
                 "dropped": n_a - p, "introduced": n_b - p,
                 "persisted_fraction": p / n_a, "dropped_fraction": (n_a - p) / n_a,
                 "introduced_fraction": (n_b - p) / n_b, "dice": 2 * p / (n_a + n_b),
-                "cutoff": self.min_cosine, "theta": self.theta,  # "cutoff": the key results files have used
+                "min_cosine": self.min_cosine, "theta": self.theta,
                 "median_matched_cosine": float(np.median(self.cosine)) if len(self.cosine) else float("nan"),
                 "within_theta_fraction": float((self.distance_theta <= 1).mean()) if len(self.cosine) else 0.0}
 
 
 def match_dictionaries(a: Dictionary, b: Dictionary, min_cosine: float = 0.7, min_count: int = 1,
-                       basis: str = "exemplar", *, cutoff: float | None = None) -> Match:
+                       basis: str = "exemplar") -> Match:
     """Hungarian assignment of a's regions to b's on exemplar (or mean-member) cosine, maximised; a matched
-    pair *persisted* if its cosine is at least ``min_cosine`` (``cutoff``: its deprecated name)."""
-    min_cosine = renamed_keyword("cutoff", cutoff, "min_cosine", min_cosine)
+    pair *persisted* if its cosine is at least ``min_cosine``."""
     if not -1.0 <= min_cosine <= 1.0:
         raise ValueError(f"min_cosine is a cosine, in [-1, 1]; got {min_cosine}")
     a_regions = np.flatnonzero(a.counts.numpy() >= min_count)
@@ -175,13 +163,11 @@ def membership(a_ids: np.ndarray, b_ids: np.ndarray, assigned_a: np.ndarray, ass
 
 
 def layer_ladder(dictionaries: dict[int, Dictionary] | list[Dictionary], min_cosine: float = 0.7,
-                 min_count: int = 1, *, cutoff: float | None = None) -> np.ndarray:
+                 min_count: int = 1) -> np.ndarray:
     """
     [L, L] symmetric persisted fraction (Dice: 2·persisted / (K_i + K_j)) between every pair of
     dictionaries, e.g. one per layer of one checkpoint on one token stream; 1 on the diagonal.
-    ``cutoff``: the deprecated name of ``min_cosine``.
     """
-    min_cosine = renamed_keyword("cutoff", cutoff, "min_cosine", min_cosine)
     ds = list(dictionaries.values()) if isinstance(dictionaries, dict) else list(dictionaries)
     out = np.eye(len(ds))
     for i in range(len(ds)):

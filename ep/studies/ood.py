@@ -24,7 +24,8 @@ from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_curve
 
 from ..method import metrics
-from ..model.activations import ActivationBatch, decoder_layers
+from ..method.batch import ActivationBatch
+from ..model.activations import decoder_layers
 from ..model.remote import inputs_on_device
 
 # The percentiles of the official coverage figure (make_fig_coverage.py reads exp_coverage.py's run over the
@@ -109,7 +110,7 @@ def random_token_activations(model, layer: int, n_tokens: int, context_length: i
         batches.append(ActivationBatch(hidden.flatten(0, 1), doc, cols.flatten(), ids[:, 1:].flatten()))
         seen += len(batches[-1])
     out = ActivationBatch.cat(batches)
-    return ActivationBatch(*(t[:n_tokens] for t in (out.acts, out.doc, out.pos, out.token)))
+    return out[:n_tokens]
 
 
 def _numpy(x) -> np.ndarray:

@@ -50,9 +50,9 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 from .. import data
+from ..method.batch import ActivationBatch
 from ..method.calibration import to_directions
-from ..method.deprecation import renamed
-from ..model.activations import ActivationBatch, token_activations
+from ..model.activations import token_activations
 
 
 @dataclass
@@ -321,17 +321,6 @@ def one_hot(ids: np.ndarray, n_units: int, rows: np.ndarray | None = None, n_row
     return sp.csr_matrix((np.ones(int(keep.sum())), (rows[keep], ids[keep])), shape=shape)
 
 
-def one_hot_ceiling(ids: np.ndarray, labels: np.ndarray) -> float:
-    """The best accuracy any probe on a one-hot code can reach on the texts it was fitted to: each unit
-    predicts its majority class. Low means the units mix classes (the task is lost in the code); high with a
-    low cross-validated accuracy means the units do not generalise to new texts."""
-    ids, labels = np.asarray(ids), np.asarray(labels)
-    _, unit = np.unique(ids, return_inverse=True)
-    counts = np.zeros((unit.max() + 1, labels.max() + 1), dtype=np.int64)
-    np.add.at(counts, (unit, labels), 1)
-    return float(counts.max(1).sum() / len(labels))
-
-
 def _fit_predict(x_train, y_train, x_test, C: float, standardise: bool) -> np.ndarray:
     if standardise:
         scaler = StandardScaler().fit(x_train)
@@ -363,10 +352,6 @@ def probe_accuracies(vectors, labels: np.ndarray, features: dict[str, sp.spmatri
     return {**out, **{f"{name}_seen": s / len(y) for name, s in seen.items()}, "n": len(y), "folds": folds}
 
 
-# the old names (``compare`` collided with the module ep.studies.compare, ``axbench_concepts`` with ep.data's)
-compare = renamed(probe_accuracies, "compare")
-axbench_concepts = renamed(axbench_concept_tasks, "axbench_concepts")
-
 
 # -----------------------------------------------------------------------------
 # the paper's protocol: token histograms, one-vs-rest binary tasks, one fixed split
@@ -374,12 +359,10 @@ axbench_concepts = renamed(axbench_concept_tasks, "axbench_concepts")
 def nearest_region(dictionary, acts, basis: str = "mean", batch_size: int = 4096) -> np.ndarray:
     """acts [N, d] raw → [N] int64: each row's region by the largest centred cosine with the basis,
     "mean" (mean-member directions, the official default) or "exemplar" (= ``Dictionary.assign``)."""
+    directions = dictionary.basis(basis).float()  # [K, d] unit (checks the name)
     if basis == "exemplar":
         return dictionary.assign(acts, batch_size)[0]
-    if basis != "mean":
-        raise ValueError(f"basis must be 'mean' or 'exemplar', got {basis!r}")
     x = torch.as_tensor(acts)
-    directions = dictionary.mean_directions.float()  # [K, d] unit
     out = np.empty(x.shape[0], np.int64)
     for s in range(0, x.shape[0], batch_size):
         out[s:s + batch_size] = (to_directions(x[s:s + batch_size], dictionary.centre) @ directions.T).argmax(1).numpy()

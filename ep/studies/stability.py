@@ -23,10 +23,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..method.batch import ActivationBatch
 from ..method.builder import build_dictionary
-from ..method.calibration import Calibration
+from ..method.calibration import Calibration, document_batches
 from ..method.dictionary import Dictionary
-from ..model.activations import ActivationBatch
 from .matching import match_dictionaries
 
 
@@ -37,18 +37,13 @@ def reorder_documents(batch: ActivationBatch, seed: int) -> ActivationBatch:
     rank[docs] = torch.as_tensor(np.random.default_rng(seed).permutation(len(docs)))
     key = rank[batch.doc] * (int(batch.pos.max()) + 1) + batch.pos             # [n] new doc rank, then position
     order = torch.argsort(key)
-    return ActivationBatch(batch.acts[order], batch.doc[order], batch.pos[order], batch.token[order])
+    return batch[order]
 
 
 def by_documents(batch: ActivationBatch, docs_per_batch: int) -> list[ActivationBatch]:
     """Split a stream into batches of ``docs_per_batch`` whole documents, in stream order (the official
     builder's unit: one extraction batch of prompts)."""
-    starts = torch.nonzero(torch.diff(batch.doc) != 0)[:, 0] + 1                # [D-1] first row of each doc
-    bounds = torch.cat([torch.tensor([0]), starts, torch.tensor([len(batch)])])[::docs_per_batch].tolist()
-    if bounds[-1] != len(batch):
-        bounds.append(len(batch))
-    return [ActivationBatch(batch.acts[a:b], batch.doc[a:b], batch.pos[a:b], batch.token[a:b])
-            for a, b in zip(bounds[:-1], bounds[1:])]
+    return [batch[rows] for rows in document_batches(batch.doc, docs_per_batch)]
 
 
 def build_in_orders(batch: ActivationBatch, calibration: Calibration, seeds: list[int],
