@@ -39,6 +39,9 @@ MULTILINGUAL = ("german", "spanish", "french", "russian", "chinese", "japanese",
                 "ukrainian", "persian", "korean")  # the chatterbot-corpus languages with 75+ usable lines
 
 
+TIMEOUT_ENV = "EP_HTTP_TIMEOUT"  # seconds a raw-file server may stay silent before the download fails
+
+
 def data_dir() -> Path | None:
     """The offline mirror named by ``$EP_DATA_DIR`` if that folder exists, else None: use the upstream sources."""
     value = os.environ.get(DATA_ENV)
@@ -105,9 +108,11 @@ def _fetch_error(what: str, e: BaseException, instead: str | None = None) -> Con
                            f"Without internet, {instead}")
 
 
-def _json_url(url: str, attempts: int = 3, timeout: float = 60):
+def _json_url(url: str, attempts: int = 3, timeout: float | None = None):
     """A JSON file over HTTP, tried again (after 1 s, then 2 s) when the server errs (5xx) or the body arrives
-    cut short; the last failure is raised as it is."""
+    cut short; the last failure is raised as it is. A server silent for ``timeout`` seconds (default
+    ``$EP_HTTP_TIMEOUT``, else 60) is a failure too, raised at once."""
+    timeout = float(os.environ.get(TIMEOUT_ENV, 60)) if timeout is None else timeout
     for attempt in range(attempts):
         try:
             with urllib.request.urlopen(url, timeout=timeout) as response:

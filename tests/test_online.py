@@ -157,6 +157,15 @@ def test_slow_answers_within_the_timeout_succeed(run, standin):
     assert len(run("out = data.instructions('harmful_val')")) == 39
 
 
+def test_an_answer_slower_than_the_timeout_says_what_to_do(run, standin):
+    standin.fault(REFUSAL, "slow", times=5, seconds=4)
+    out = run("out = data.instructions('harmful_val')", EP_HTTP_TIMEOUT="1")
+    assert out["error"] == "ConnectionError" and "no answer in time" in out["message"], out
+    assert "EP_DATA_DIR" in out["message"]
+    standin.faults.clear()
+    assert len(run("out = data.instructions('harmful_val')", EP_HTTP_TIMEOUT="1")) == 39  # nothing left behind
+
+
 @pytest.mark.parametrize("times,ok", [(1, True), (5, False)])
 def test_refusal_server_error_retried_then_explained(run, standin, times, ok):
     standin.fault(REFUSAL, "500", times=times)
