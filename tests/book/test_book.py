@@ -9,6 +9,7 @@ dictionary browsers the book carries (docs/build_book.py) are searched and click
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -49,11 +50,21 @@ def test_local_links_resolve(book):
     assert not broken, broken[:10]
 
 
+def _loaded(chromium, seconds: float = 30.0) -> bool:
+    """Wait for the page to finish loading: a script the page asks for from a CDN may keep it busy offline."""
+    end = time.time() + seconds
+    while chromium.execute_script("return document.readyState") != "complete":
+        if time.time() > end:
+            return False
+        time.sleep(0.2)
+    return True
+
+
 def test_pages_load_with_their_figures(book, chromium):
     figures = {}
     for page in _pages(book):
         chromium.get(page.as_uri())
-        assert chromium.execute_script("return document.readyState") == "complete"
+        assert _loaded(chromium), f"{page.name} did not finish loading in 30 s"
         title = chromium.title
         assert title and "404" not in title, page
         images = chromium.execute_script(
@@ -85,4 +96,4 @@ def test_dictionary_browsers_are_linked_and_whole(book):
 
 def test_dictionary_browsers_in_chromium(book, chromium):
     for site in _browsers(book):
-        check_site(chromium, site)
+        check_site(chromium, site, pages=40)  # every page of a small site: tests/test_browser.py

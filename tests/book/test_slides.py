@@ -48,6 +48,7 @@ def test_decks_open_advance_and_show_their_figures(decks, chromium):
 
     for deck in decks:
         chromium.get(deck.as_uri())
+        assert _wait(chromium, "return document.readyState === 'complete'", 30), f"{deck.name}: still loading"
         assert _wait(chromium, "return document.querySelector('.reveal.ready') !== null"), f"{deck.name}: not ready"
         sections = chromium.execute_script("return document.querySelectorAll('.slides > section').length")
         assert sections >= 3, f"{deck.name}: {sections} slides: the headings did not split it"
