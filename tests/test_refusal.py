@@ -340,13 +340,25 @@ def test_batched_generation_equals_one_by_one_and_records_final_acts(gemma):
         batch.batch(4)
 
 
-def test_prompt_token_acts_skips_each_prompt_first_token(gemma):
+def test_generation_records_every_prompt_token_from_the_same_pass(gemma):
+    from ep.model.activations import layer_output
+
     model, _ = gemma
-    acts = R.prompt_token_acts(model, TEXTS, 4, progress=False)
-    full = ep.token_activations(model, TEXTS, 4, progress=False)  # BOS already dropped: starts at position 1
-    assert int(acts.pos.min()) >= 1
-    assert len(acts) == len(full) - int((full.pos == 0).sum())
-    assert sorted(set(acts.doc.tolist())) == [0, 1, 2]
+    out = R.generate(model, TEXTS, max_new_tokens=2, batch_size=2, record_layers=(4,), record_prompts=True,
+                     progress=False)  # two batches, left-padded
+    acts = out.prompt_acts[4]
+    assert acts.doc.tolist() == sorted(acts.doc.tolist())  # prompt by prompt, whatever order the batches ran in
+    for i, text in enumerate(TEXTS):
+        hidden, ids, _ = layer_output(model, [text], 4, add_special_tokens=False)  # alone: no padding
+        rows = acts.doc == i
+        assert acts.pos[rows].tolist() == list(range(ids.shape[1])) and acts.token[rows].tolist() == ids[0].tolist()
+        assert torch.allclose(acts.acts[rows], hidden[0], atol=1e-4 * float(hidden.abs().max()))
+    last = acts.select(acts.pos == out.length[acts.doc] - 1)
+    assert torch.equal(last.acts, out.final_acts[4])
+    tokens = out.prompt_tokens(4)  # the refusal build stream: each prompt's first token skipped
+    assert int(tokens.pos.min()) == 1 and len(tokens) == len(acts) - len(TEXTS)
+    with pytest.raises(KeyError, match="record_prompts"):
+        R.generate(model, TEXTS, max_new_tokens=1, record_layers=(4,), progress=False).prompt_tokens(4)
 
 
 class Spy:
@@ -425,6 +437,8 @@ def test_shared_prompts_give_the_same_tokens_as_the_whole_model(gemma):
         greedy(model, prompts[:5], shared=shared, **kwargs)
     with pytest.raises(ValueError, match="prompts and batch_size"):
         greedy(model, prompts, shared=shared, **{**kwargs, "batch_size": 6})
+    with pytest.raises(ValueError, match="record_prompts"):
+        greedy(model, prompts, shared=shared, record_layers=(7,), record_prompts=True, **kwargs)
     with pytest.raises(ValueError, match="below must name"):
         SharedPrompts(model, prompts, 0)
 

@@ -9,7 +9,8 @@ few-shot answers and before/after replies of the LoRA sibling in 05) calls :func
 - an ``edit`` (:class:`Edit`, e.g. ``ep.model.interventions.Ablation``) replaces chosen decoder-block
   outputs at every position and every generation step;
 - ``record_layers`` returns, from the same pass, the block outputs (after the edit) at each prompt's
-  last token, so labelling prompts and reading their activations costs one forward, not two;
+  last token (and with ``record_prompts`` at every prompt token), so labelling prompts and reading their
+  activations costs one forward, not two;
 - ``shared`` (:class:`SharedPrompts`) runs many edits of one prompt set at the cost of the blocks they touch:
   an edit at block L and after leaves blocks 0..L-1 of every prompt as they are, so their keys and values
   are computed once and reused (the tokens are the same as without, tested);
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..method.batch import ActivationBatch
 from .activations import decoder_layers
 from .loading import transformers_model
 from .remote import check_remote, inputs_on_device
@@ -56,6 +58,7 @@ class Completions:
     final_acts: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [N, d] float32 (if recorded)
     last_token: torch.Tensor | None = None  # [N] int64 id of each prompt's last token
     length: torch.Tensor | None = None  # [N] int64 tokens in each prompt
+    prompt_acts: dict[int, ActivationBatch] = field(default_factory=dict)  # layer -> every prompt token's row
 
     def texts(self, tokenizer) -> list[str]:
         """The completions decoded, special tokens (padding, stop tokens) dropped."""
@@ -64,7 +67,9 @@ class Completions:
 
 def _greedy_batch(model, prompts: list[str], max_new_tokens: int, edit: Edit | None, record: Sequence[int],
                   stop: list[int] | None, add_special_tokens: bool, remote: bool | str,
-                  prefix: _Prefix | None = None) -> tuple[list[list[int]], dict[int, torch.Tensor]]:
+                  prefix: _Prefix | None = None, whole: bool = False):
+    """One left-padded batch → (new token ids per prompt, {layer: recorded block output}, the batch's encoding).
+    The recorded output is the last prompt position [b, d], or with ``whole`` every position [b, T, d]."""
     tok = model.tokenizer
     enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=add_special_tokens)
     inputs = inputs_on_device(model, {k: enc[k] for k in ("input_ids", "attention_mask")}, remote)
@@ -91,21 +96,23 @@ def _greedy_batch(model, prompts: list[str], max_new_tokens: int, edit: Edit | N
                             hidden = edit(hidden, layer)
                             blocks[layer].output = hidden
                         if step == 0 and layer in record:
-                            saved[layer] = hidden[:, -1].save()  # last prompt token (left padding)
+                            saved[layer] = (hidden if whole else hidden[:, -1]).save()  # left padding
         with tracer.invoke():  # a separate invoke: runs after the open loop above has ended
             ids = tracer.result.save()
     new = ids[:, enc["input_ids"].shape[1]:].cpu().tolist()
-    return new, {layer: value.float().cpu() for layer, value in saved.items()}
+    return new, {layer: value.float().cpu() for layer, value in saved.items()}, enc
 
 
 @torch.no_grad()
 def greedy(model, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
            edit: Edit | None = None, record_layers: Sequence[int] = (), stop: Sequence[int] | None = None,
            add_special_tokens: bool = False, remote: bool | str = False, progress: bool = True,
-           desc: str = "generate", shared: SharedPrompts | None = None) -> Completions:
+           desc: str = "generate", shared: SharedPrompts | None = None, record_prompts: bool = False) -> Completions:
     """Greedy continuations of ``prompts`` (nnsight-wrapped ``model``), batched, optionally edited.
 
     ``stop``: token ids that end a completion (default: the model's own end-of-sequence ids).
+    ``record_prompts``: ``prompt_acts`` also holds each recorded layer's output at every prompt token
+    (``doc`` the prompt's index, ``pos`` the position in it), read from the same forward that starts generation.
     ``add_special_tokens=False`` suits chat-templated prompts (the template holds BOS); plain text
     wants True. ``shared``: these prompts' first blocks, run once (:class:`SharedPrompts`). ``remote=True``
     runs on NDIF (needs an API key, see ``docs/remote.md``); ``remote="local"`` is nnsight's serverless dry run
@@ -133,20 +140,41 @@ def greedy(model, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_siz
     stop = None if stop is None else [int(i) for i in stop]
     if shared is not None:
         shared.check(prompts, size, order, edit, remote)
+        if record_prompts:
+            raise ValueError("record_prompts needs the whole prompt run: it cannot be combined with shared")
+    every: dict[int, list[ActivationBatch]] = {layer: [] for layer in record_layers if record_prompts}
     with warnings.catch_warnings():
         # the open step loop ends by design when generation stops; nnsight warns about it every time
         warnings.filterwarnings("ignore", message=".*was never reached.*")
         for s in tqdm(range(0, len(prompts), size), desc=desc, disable=not progress):
             idx = order[s:s + size]
-            new, saved = _greedy_batch(model, [prompts[i] for i in idx], max_new_tokens, edit, record_layers, stop,
-                                       add_special_tokens, remote, shared and shared.batches[s // size])
+            new, saved, enc = _greedy_batch(model, [prompts[i] for i in idx], max_new_tokens, edit, record_layers,
+                                            stop, add_special_tokens, remote, shared and shared.batches[s // size],
+                                            whole=record_prompts)
             for i, row in zip(idx, new):
                 tokens[i] = row
             for layer in record_layers:
+                if record_prompts:
+                    every[layer].append(_real_tokens(saved[layer], enc, torch.as_tensor(idx)))
+                    saved[layer] = saved[layer][:, -1]
                 acts[layer].append(saved[layer])
     inverse = torch.as_tensor(np.argsort(order))
     final = {layer: torch.cat(parts)[inverse] for layer, parts in acts.items()}
-    return Completions(tokens, final, torch.tensor([i[-1] for i in ids]), torch.tensor(lengths))
+    by_prompt = {layer: _in_prompt_order(ActivationBatch.cat(parts)) for layer, parts in every.items()}
+    return Completions(tokens, final, torch.tensor([i[-1] for i in ids]), torch.tensor(lengths), by_prompt)
+
+
+def _real_tokens(hidden: torch.Tensor, enc, prompt_index: torch.Tensor) -> ActivationBatch:
+    """hidden [b, T, d] of a left-padded batch → its real (unpadded) tokens' rows."""
+    mask = enc["attention_mask"].bool()
+    rows, cols = mask.nonzero(as_tuple=True)
+    positions = mask.long().cumsum(-1) - 1
+    return ActivationBatch(hidden[rows, cols], prompt_index[rows], positions[rows, cols], enc["input_ids"][rows, cols])
+
+
+def _in_prompt_order(batch: ActivationBatch) -> ActivationBatch:
+    """Rows sorted by prompt, then position (the batches ran in order of length)."""
+    return batch[torch.as_tensor(np.lexsort((batch.pos.numpy(), batch.doc.numpy())))]
 
 
 # -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ prompt, with or without an edit to its residual stream?* Three pieces answer it:
   activations at chosen layers, so labelling the build prompts and reading their activations costs
   one forward, not two;
 - :func:`is_refusal` labels a completion by phrase matching against :data:`REFUSAL_PHRASES`;
-- :func:`prompt_token_acts`, :func:`score_regions`, :func:`matched_null`: the paper's region protocol
+- :meth:`Generations.prompt_tokens`, :func:`score_regions`, :func:`matched_null`: the paper's region protocol
   (official ``scripts/exp_behavioral.py``): a dictionary built on the activations of **all tokens** of the
   chat-templated build prompts, each prompt's final position assigned to a region, regions with ≥ 5
   member prompts and member refusal rate ≥ 0.3 ranked by rate × members, and a null region matched on
@@ -43,7 +43,7 @@ import torch
 from ..method.builder import build_dictionary
 from ..method.calibration import calibrate
 from ..method.dictionary import Dictionary
-from ..model.activations import ActivationBatch, token_activations
+from ..model.activations import ActivationBatch
 from ..model.chat import chat_prompts  # noqa: F401  (part of this module's interface: R.chat_prompts)
 from ..model.generation import Edit, SharedPrompts, greedy
 from ..model.interventions import diff_in_means, subspace_cosine
@@ -111,6 +111,7 @@ class Generations:
     final_acts: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [N, d] float32 (if recorded)
     last_token: torch.Tensor | None = None  # [N] int64 id of each prompt's last token
     length: torch.Tensor | None = None  # [N] int64 tokens in each prompt
+    prompt_acts: dict[int, ActivationBatch] = field(default_factory=dict)  # layer -> every prompt token's row
 
     @property
     def refused(self) -> np.ndarray:
@@ -133,20 +134,38 @@ class Generations:
         n = len(self.prompts)
         return ActivationBatch(self.final_acts[layer], torch.arange(n), self.length - 1, self.last_token)
 
+    def prompt_tokens(self, layer: int) -> ActivationBatch:
+        """Activations at ``layer`` of every token of the prompts except each prompt's first (recorded with
+        ``record_prompts=True``), prompt by prompt: the stream the paper's refusal dictionary is built from.
+
+        The official extractor skips position 0 (BOS). Qwen's template has no BOS; its first token,
+        ``<|im_start|>``, is an attention sink with a huge norm, so it is skipped too. The shared template
+        tokens (Qwen's default system prompt) stay: they are part of every prompt, as in the paper's build.
+        """
+        if layer not in self.prompt_acts:
+            raise KeyError(f"every prompt token of layer {layer} was not recorded: generate(..., record_layers="
+                           f"[{layer}], record_prompts=True); recorded: {sorted(self.prompt_acts)}")
+        acts = self.prompt_acts[layer]
+        return acts.select(acts.pos > 0)
+
 
 @torch.no_grad()
 def generate(model, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
              edit: Edit | None = None, record_layers: Sequence[int] = (), remote: bool | str = False,
-             progress: bool = True, desc: str = "generate", shared: SharedPrompts | None = None) -> Generations:
+             progress: bool = True, desc: str = "generate", shared: SharedPrompts | None = None,
+             record_prompts: bool = False) -> Generations:
     """Greedy completions of chat-templated ``prompts``, in left-padded batches, optionally edited.
 
     One call of ``ep.model.generation.greedy`` (batching, edits at every step, ``remote``), decoded.
     ``record_layers`` also returns, from the same pass, the block outputs (after the edit, if any) at
-    each prompt's last token: ``final_acts``.
+    each prompt's last token: ``final_acts`` (and with ``record_prompts`` at every prompt token:
+    :meth:`Generations.prompt_tokens`).
     """
     out = greedy(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, edit=edit,
-                 record_layers=record_layers, remote=remote, progress=progress, desc=desc, shared=shared)
-    return Generations(list(prompts), out.texts(model.tokenizer), out.final_acts, out.last_token, out.length)
+                 record_layers=record_layers, remote=remote, progress=progress, desc=desc, shared=shared,
+                 record_prompts=record_prompts)
+    return Generations(list(prompts), out.texts(model.tokenizer), out.final_acts, out.last_token, out.length,
+                       out.prompt_acts)
 
 
 class Runs:
@@ -305,20 +324,6 @@ def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
 
 # -----------------------------------------------------------------------------
 # the paper's protocol: an all-token dictionary, final positions assigned to it
-
-def prompt_token_acts(model, prompts: Sequence[str], layer: int, *, batch_size: int = 16,
-                      progress: bool = True) -> ActivationBatch:
-    """Activations at ``layer`` of every token of the chat-templated ``prompts`` except each prompt's first.
-
-    The official extractor skips position 0 (BOS). Qwen's template has no BOS; its first token,
-    ``<|im_start|>``, is an attention sink with a huge norm, so it is skipped too. The shared template
-    tokens (Qwen's default system prompt) stay: they are part of every prompt, as in the paper's build.
-    """
-    acts = token_activations(model, list(prompts), layer, context_length=1024, batch_size=batch_size,
-                             progress=progress, desc=f"all tokens, layer {layer}")
-    keep = acts.pos > 0
-    return ActivationBatch(acts.acts[keep], acts.doc[keep], acts.pos[keep], acts.token[keep])
-
 
 def refusal_regions(table, k: int = 5, min_rate: float = 0.3) -> list[int]:
     """Up to ``k`` candidate regions of :func:`region_table`, best first: scored (≥ min members) and
