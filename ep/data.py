@@ -163,13 +163,16 @@ def _jsonl(path: Path) -> Iterator[dict]:
 
 
 def corpus(name: str = "wikipedia", max_docs: int | None = None, skip: int = 0,
-           seed: int | None = None) -> Iterator[str]:
+           seed: int | None = None, language: str = "en") -> Iterator[str]:
     """A text corpus streamed one document at a time: ``"wikipedia"`` (English paragraphs; the offline default)
     or ``"pile"`` (the official builds' corpus, :func:`pile`; needs internet).
 
     ``skip`` lets a notebook hold out the first documents (calibration) from the rest (build). ``seed`` draws
     the documents after them in a seeded shuffle (a buffer of 10,000, as the official ``stream_batches``), so
-    another seed is another sample of the corpus; None keeps the source's order.
+    another seed is another sample of the corpus; None keeps the source's order. ``language``: the Wikipedia of
+    another language by its code (``"bg"``: config ``20231101.bg``, the official ``scripts/exp_coverage.py``'s
+    second language), streamed from the hub the same way; the mirror holds English only, so another language
+    always needs internet.
     """
     if name == "pile":
         docs = itertools.islice(pile(seed=0 if seed is None else seed), skip, None)
@@ -178,17 +181,18 @@ def corpus(name: str = "wikipedia", max_docs: int | None = None, skip: int = 0,
     if name != "wikipedia":
         raise ValueError(f"unknown corpus {name!r}: 'wikipedia' or 'pile'")
     if seed is not None:
-        docs = _shuffled(corpus(skip=skip), seed, PILE_SHUFFLE_BUFFER)
+        docs = _shuffled(corpus(skip=skip, language=language), seed, PILE_SHUFFLE_BUFFER)
         yield from itertools.islice(docs, max_docs)
         return
-    if data_dir():
+    if data_dir() and language == "en":
         docs = (row["text"] for row in _jsonl(mirror_file("corpus/wiki_excerpt.jsonl")))
     else:
         from datasets import load_dataset
 
-        wiki = _online("the Wikipedia corpus", lambda: load_dataset(*WIKI_DATASET, split="train", streaming=True))
-        docs = (para for row in _streamed("the Wikipedia corpus", wiki) for para in row["text"].split("\n\n")
-                if len(para) > 200)
+        repo, config = WIKI_DATASET[0], WIKI_DATASET[1].rsplit(".", 1)[0] + f".{language}"  # 20231101.<language>
+        what = "the Wikipedia corpus" + ("" if language == "en" else f" ({config})")
+        wiki = _online(what, lambda: load_dataset(repo, config, split="train", streaming=True))
+        docs = (para for row in _streamed(what, wiki) for para in row["text"].split("\n\n") if len(para) > 200)
     stop = None if max_docs is None else skip + max_docs
     yield from itertools.islice(docs, skip, stop)
 

@@ -16,6 +16,8 @@ Repositories served (``StandIn.repos``):
 - ``pyvene/axbench-concept10``: the mirror's Concept10 folders;
 - ``wikimedia/wikipedia``: config ``20231101.en`` as one parquet in the upstream layout and schema
   (``id, url, title, text``, one article a row, paragraphs joined by blank lines), made from the mirror's excerpt;
+  config ``20231101.bg`` made from the mirror's Russian lines (Cyrillic, standing in for Bulgarian: the mirror has
+  none); ``StandIn.add_wikipedia`` serves other texts under a config;
 - ``google/gemma-2-2b`` and ``-it``: gated, as on the hub (401 without a token, 403 with one not on the list).
 
 Faults (``StandIn.fault``), injected on the next GET or POST requests whose path contains a given text: ``500``,
@@ -94,6 +96,7 @@ class StandIn:
         }
         self.raw = {"andyrdt/refusal_direction/9d852fa/dataset/splits/" + p.name: p
                     for p in (self.mirror / "refusal").glob("*.json")}
+        self.add_wikipedia("20231101.bg", self._russian_articles())
 
     def _wiki_parquet(self) -> Path:
         """The mirror's paragraphs as upstream rows: one article a row, its paragraphs joined by blank lines."""
@@ -134,6 +137,29 @@ class StandIn:
         """The environment that points the clients here (the hub's endpoint and GitHub's raw files)."""
         return {"HF_ENDPOINT": self.url, "EP_RAW_URL": f"{self.url}/raw", "NO_PROXY": "127.0.0.1,localhost",
                 "no_proxy": "127.0.0.1,localhost"}
+
+    def add_wikipedia(self, config: str, texts: list[str]) -> None:
+        """Serve another Wikipedia config (e.g. ``20231101.bg``): one article a row, made from ``texts``."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        path = self.workdir / f"wikipedia-{config}.parquet"
+        pq.write_table(pa.table({"id": [str(i + 1) for i in range(len(texts))], "url": [""] * len(texts),
+                                 "title": [f"article {i + 1}" for i in range(len(texts))], "text": texts}), path)
+        repo = self.repos[("datasets", "wikimedia/wikipedia")]
+        readme = repo.data("README.md").decode()
+        entry = f"- config_name: {config}\n  data_files:\n  - split: train\n    path: {config}/train-*\n"
+        if entry not in readme:
+            repo.files["README.md"] = readme.replace("---\n# ", entry + "---\n# ", 1).encode()
+        repo.files[f"{config}/train-00000-of-00001.parquet"] = path
+
+    def _russian_articles(self, per_article: int = 12) -> list[str]:
+        """The mirror's Russian lines, a paragraph of ``per_article`` lines per article: Cyrillic text standing in
+        for Bulgarian Wikipedia (the mirror has none)."""
+        rows = [json.loads(line) for line in (self.mirror / "ood" / "multilingual_lines.jsonl").open(encoding="utf-8")
+                if line.strip()]
+        lines = [r["text"] for r in rows if r["lang"] == "russian"]
+        return [" ".join(lines[i:i + per_article]) for i in range(0, len(lines), per_article)]
 
     def fault(self, where: str, kind: str, times: int = 1, seconds: float = 0.0) -> None:
         self.faults.append(Fault(where, kind, times, seconds))

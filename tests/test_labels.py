@@ -30,6 +30,20 @@ def test_marked_and_clean_label():
     assert L.clean_label("") == "" and L.clean_label("the word 'A'.") == "the word 'A'"
 
 
+HYPHENS = [("child", "-", "led activity"), ("shared", "-", "attention training"), ("event", "-", "related potentials"),
+           ("inflation", "-", "adjusted from 2003"), ("cell", "-", "adhesion system"), ("turn", "-", "taking, and")]
+
+
+def test_a_reply_with_no_word_is_no_label():
+    """The chat model echoes a punctuation mark back ("- -", "'-'": after the quotes go, "-"): no label, so the
+    marked words the instruction lists name it."""
+    instruction = L.LABEL_INSTRUCTION.format(tokens="'-'", snippets="\n".join(f"- {L.marked(*c)}" for c in HYPHENS))
+    assert L.marked_words(instruction) == "'-'" and L.marked_words("no list") == ""
+    for reply in ("- -", "'-'", "-\n- -", " "):
+        assert L.clean_label(reply) == "" and L.clean_label(reply, "'-'") == "the mark '-'"
+    assert L.clean_label("hyphens", "'-'") == "hyphens" and L.clean_label("'1'", "'1'") == "1"
+
+
 def test_label_instruction(data):
     d, _ = data
     text = L.label_instruction(d, 0, n_contexts=2)
@@ -109,6 +123,9 @@ def test_the_chat_model_labels_and_judges(tmp_path):
         f"- {L.marked(a, b, c)}" for a, b, c in [("born in ", "1850", " in Paris"), ("until ", "1923", ", when"),
                                                   ("the war of ", "1812", " ended")]))])
     assert label and len(label) < 80 and label not in {answer for _, answer in L.LABEL_SHOTS}, label
+    [hyphens] = chat.write([L.LABEL_INSTRUCTION.format(tokens="'-'", snippets="\n".join(
+        f"- {L.marked(*c)}" for c in HYPHENS))])  # the model's own reply, "- -", says nothing in words
+    assert any(c.isalpha() for c in hyphens) and len(hyphens) < 80, hyphens
     assert L.obvious_auroc(chat) >= JUDGE_AUROC_BOUND
     # the worked turns run once and are reused (a prefix cache): the margins are those of the whole prompts
     tok, hf = chat.model.tokenizer, transformers_model(chat.model)

@@ -85,6 +85,20 @@ def test_wikipedia_streams_from_the_hub_layout(run, standin):
     assert standin.requests("/api/datasets/wikimedia/wikipedia") and standin.requests(WIKI + "/")
 
 
+def test_wikipedia_in_another_language_through_the_same_path(run, standin):
+    """language="bg" reads config 20231101.bg as the official exp_coverage.py does; the mirror (English only) is
+    never asked for it, even when EP_DATA_DIR is set."""
+    articles = [f"Статия {i}. " + "Това е абзац от българската Уикипедия. " * 8 + "\n\nКратко." for i in range(6)]
+    standin.add_wikipedia("20231101.bg", articles)
+    out = run("out = list(data.corpus(max_docs=3, skip=1, language='bg'))")
+    assert out == [a.split("\n\n")[0] for a in articles[1:4]]  # paragraphs longer than 200 characters
+    assert standin.requests(WIKI + "/") and any("20231101.bg" in p for _, p, _ in standin.log)
+    english = run("out = list(data.corpus(max_docs=2))")
+    assert english and english != out
+    with_mirror = run("out = list(data.corpus(max_docs=3, skip=1, language='bg'))", EP_DATA_DIR=str(MIRROR))
+    assert with_mirror == out
+
+
 def test_axbench_concept10_from_the_hub(run, standin):
     out = run("""
         meta, train, latent = data.axbench_concepts('prod_2b_l20_v1')

@@ -161,14 +161,15 @@ class ChatModel:
 
     def write(self, instructions: list[str], max_new_tokens: int = 16, progress: bool = True,
               shots=LABEL_SHOTS) -> list[str]:
-        """Greedy replies to ``instructions`` after the worked turns ``shots`` (first line, stripped of quotes and
-        a final full stop)."""
+        """Greedy replies to ``instructions`` after the worked turns ``shots``, cleaned by :func:`clean_label` (the
+        marked words an instruction lists name a reply that has no word in it)."""
         def compute(chunk):
             prefix, turns = chat_turns(self.model.tokenizer, chunk, shots)
             out = greedy(self.model, [prefix + t for t in turns], max_new_tokens=max_new_tokens,
                          batch_size=len(chunk), progress=False)
             return [clean_label(t) for t in out.texts(self.model.tokenizer)]
-        return self._cached("write", instructions, compute, progress, "label", shots)
+        answers = self._cached("write", instructions, compute, progress, "label", shots)
+        return [clean_label(a, marked_words(t)) for a, t in zip(answers, instructions)]  # cached answers too
 
     def _prefix(self, hf, tok, prefix: str) -> tuple:
         """The worked turns run once: (their token count, their keys and values)."""
@@ -200,14 +201,28 @@ class ChatModel:
         return np.array(self._cached("judge", instructions, compute, progress, "judge", shots), dtype=np.float64)
 
 
-def clean_label(text: str) -> str:
+def clean_label(text: str, marked: str = "") -> str:
     """A reply's first non-empty line, without a 'Label:' prefix, a final full stop or quotes around it all (quotes
-    inside stay: "the word 'A'")."""
+    inside stay: "the word 'A'").
+
+    A reply with no letter or digit in it is no label. A small model writes one when the marked words are
+    punctuation: asked what ``'-'`` in *child<<->>led*, *event<<->>related* ... have in common, it echoes the mark
+    back (``- -``, or ``'-'``, which the quote stripping would leave as ``-``). Given ``marked`` (the marked words
+    as the instruction lists them, :func:`marked_words`), such a reply becomes "the mark '-'", which is what it
+    says, in the form of the worked turn "the word 'the'"; without them, ""."""
     line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
     line = line.removeprefix("Label:").removeprefix("label:").strip(" *`").rstrip(".").strip()
     while len(line) > 1 and line[0] == line[-1] and line[0] in "\"'":
         line = line[1:-1].strip()
-    return line
+    if any(c.isalnum() for c in line):
+        return line
+    return f"the mark {marked}" if marked else ""
+
+
+def marked_words(instruction: str) -> str:
+    """The marked words a labelling instruction lists ("'-', ','"), or "" if it lists none."""
+    head = "\nMarked words: "
+    return instruction.split(head, 1)[1].split("\n", 1)[0].strip() if head in instruction else ""
 
 
 def label_instruction(dictionary, k: int, n_contexts: int = 8, width: int = 60) -> str:
