@@ -285,12 +285,6 @@ def test_linear_detector_centred_score_is_a_cosine():
     torch.testing.assert_close(got, want)
 
 
-def test_feature_detector_reads_one_column_in_chunks():
-    enc = lambda a: torch.cat([a, -a], dim=1)
-    acts = torch.randn(10, 3)
-    torch.testing.assert_close(ax.FeatureDetector(enc, 4, chunk_size=3)(acts), -acts[:, 1])
-
-
 class _Tok:  # a tokenizer with a chat template, for the templating logic alone
     bos_token = "<bos>"
     chat_template = "yes"

@@ -253,19 +253,6 @@ def token_vectors(acts: torch.Tensor, centre: torch.Tensor | None) -> torch.Tens
     return to_directions(acts, centre) if centre is not None else acts.float()
 
 
-@dataclass
-class FeatureDetector:
-    """One feature of an encoder (e.g. an SAE's: [n, d] -> [n, F]), encoded in chunks to bound memory."""
-
-    encode: Callable[[torch.Tensor], torch.Tensor]
-    index: int
-    chunk_size: int = 1024
-
-    def __call__(self, acts: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.encode(acts[s:s + self.chunk_size])[:, self.index].float()
-                          for s in range(0, len(acts), self.chunk_size)])
-
-
 def max_pool(scores: torch.Tensor, row: torch.Tensor, keep: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Token scores [N] or [N, K] → per-row max over the kept tokens [n_rows] or [n_rows, K].
 
