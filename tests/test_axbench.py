@@ -189,7 +189,8 @@ def test_evaluate_layer_rejects_bad_options():
         with pytest.raises(ValueError):
             ax.evaluate_layer(rows, rows, 0, [split], methods=("length",), progress=False, **bad)
     with pytest.raises(ValueError):
-        ax.basis(_generic_dictionary(), "centroid")
+        ax.evaluate_layer(rows, rows, 0, [split], methods=("ep",), dictionaries={"g": _generic_dictionary()},
+                          bases=("centroid",), progress=False)
 
 
 def test_unit_row_sums_and_the_contrast_choice_match_a_token_level_reference():
