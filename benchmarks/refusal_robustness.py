@@ -82,14 +82,14 @@ def top_regions(table, k: int = 1) -> list[int]:
 
 def null_region(table, size: int, exclude: Sequence[int] = (), min_members: int = 5, max_rate: float = 0.2,
                 directions: torch.Tensor | None = None, reference: torch.Tensor | None = None,
-                max_cos: float = 0.3) -> int:
+                max_cosine: float = 0.3) -> int:
     """A control region: ≥ ``min_members``, refusal rate ≤ ``max_rate``, size closest to ``size``.
 
     With ``directions`` [K, d] (one per region) and a ``reference`` direction [d] (e.g. the diff-in-means
-    refusal direction), candidates must also satisfy |cos| ≤ ``max_cos``: a region lying on that axis,
+    refusal direction), candidates must also satisfy |cos| ≤ ``max_cosine``: a region lying on that axis,
     e.g. harmless prompts on the far side of the refusal direction, is no null, since removing its
     direction moves refusal too. Fallbacks: the lowest-refusal regions when none is below ``max_rate``; the least
-    aligned ones when none is below ``max_cos``.
+    aligned ones when none is below ``max_cosine``.
     """
     ok = table[(table["members"] >= min_members) & ~table["region"].isin(list(exclude))]
     if ok.empty:
@@ -101,7 +101,7 @@ def null_region(table, size: int, exclude: Sequence[int] = (), min_members: int 
         dirs = directions.double()[torch.tensor(pool["region"].to_numpy(dtype=np.int64))]
         cos = (dirs @ ref / dirs.norm(dim=1).clamp_min(1e-300)).abs().numpy()
         pool = pool.assign(abs_cos=cos)
-        unaligned = pool[pool["abs_cos"] <= max_cos]
+        unaligned = pool[pool["abs_cos"] <= max_cosine]
         pool = unaligned if not unaligned.empty else pool[pool["abs_cos"] == pool["abs_cos"].min()]
     best = pool.assign(gap=(pool["members"] - size).abs()).sort_values(["gap", "refusal_rate", "region"])
     return int(best["region"].iloc[0])
@@ -117,14 +117,14 @@ def null_regions(table, size: int, k: int, exclude: Sequence[int] = (), **kwargs
 
 def layer_regions(build: R.Generations, harmful: np.ndarray, layer: int, percentile: float, *, min_members: int = 5,
                   seed: int = 0, null_kind: str = "mean", null_max_rate: float = 0.2,
-                  null_max_cos: float = 0.3, refused: np.ndarray | None = None) -> dict:
+                  null_max_cosine: float = 0.3, refused: np.ndarray | None = None) -> dict:
     """One layer's regions on a final-position dictionary (this study's protocol).
 
     ``refused`` [N] overrides ``build.refused`` (e.g. labels made with another phrase list).
 
     Calibrates and builds a dictionary on the recorded final-position activations at ``layer``, scores
     its regions (``R.region_table``), takes the top 3 and 3 null regions (:func:`null_regions`: about
-    the top region's size, refusal rate ≤ ``null_max_rate``, |cos| ≤ ``null_max_cos`` between their
+    the top region's size, refusal rate ≤ ``null_max_rate``, |cos| ≤ ``null_max_cosine`` between their
     ``null_kind`` direction, "mean" or "exemplar", and the build diff-in-means). Returns a dict:
     ``dictionary``, ``table``, ``top3``, ``nulls``, ``dim`` (the diff-in-means direction [d]),
     ``directions`` (the top region's exemplar and mean direction, the top 3's exemplars and mean
@@ -143,7 +143,7 @@ def layer_regions(build: R.Generations, harmful: np.ndarray, layer: int, percent
     kind = means if null_kind == "mean" else exemplars
     size = int(table.set_index("region").loc[top3[0], "members"])
     nulls = null_regions(table, size, 3, exclude=top3, min_members=min_members, max_rate=null_max_rate,
-                         directions=kind, reference=dim, max_cos=null_max_cos)
+                         directions=kind, reference=dim, max_cosine=null_max_cosine)
     directions = {"top-1 exemplar": exemplars[top3[0]], "top-1 mean": means[top3[0]],
                   "top-3 exemplars": exemplars[top3], "top-3 mean": means[top3]}
     return {"dictionary": dictionary, "table": table, "top3": top3, "nulls": nulls, "dim": dim,

@@ -45,7 +45,7 @@ def test_null_region_avoids_the_chosen_axis():
     dirs[3] = -dirs[3]  # ... but from the far side: still the same axis
     kwargs = dict(exclude=[0], directions=dirs, reference=dirs[0])
     assert B.null_region(table, size=6, **kwargs) == 4  # region 3 (|cos| = 1) is skipped
-    assert B.null_region(table, size=6, **kwargs, max_cos=1.0) == 3
+    assert B.null_region(table, size=6, **kwargs, max_cosine=1.0) == 3
     dirs[4] = dirs[0] + 0.01 * dirs[4]  # now every low-refusal region is aligned: take the least aligned
     assert B.null_region(table, size=6, **kwargs) == 4
 
@@ -71,6 +71,6 @@ def test_layer_regions_finds_the_refusal_cluster_and_off_axis_nulls():
     anti = members[n].item()  # never refused, so the first null candidate without the axis rule
     assert anti not in a["top3"] and set(members[n:2 * n].tolist()) == {anti}
     assert anti not in a["nulls"]  # the far side of the refusal axis is no null
-    assert anti in B.layer_regions(build, harmful, 3, 14.0, min_members=5, null_max_cos=1.0)["nulls"]
+    assert anti in B.layer_regions(build, harmful, 3, 14.0, min_members=5, null_max_cosine=1.0)["nulls"]
     with pytest.raises(ValueError, match="null_kind"):
         B.layer_regions(build, harmful, 3, 14.0, null_kind="median")
