@@ -40,6 +40,8 @@ import scipy.sparse as sp
 import torch
 from scipy.optimize import linear_sum_assignment
 
+from ..show.display import card_html
+
 
 def ep_scorer(dictionary, basis: str = "exemplar") -> Callable[[torch.Tensor], torch.Tensor]:
     """acts [n, d] → signed projections (x - c)·e [n, K] for every region of an EP dictionary, e the unit
@@ -233,11 +235,11 @@ def pair_html(contexts, doc: np.ndarray, pos: np.ndarray, region: int, region_se
         return "<br>".join(items) or "<i>(fires on no held-out token)</i>"
 
     feature_name = html.escape(str(feature)) if feature >= 0 else "none"
-    return (f"<h4 style='margin:8px 0 2px'>region {region} ↔ feature {feature_name}: F1 {f1:.2f}</h4>"
-            "<table style='font-family:monospace;font-size:12px;table-layout:fixed;width:100%'>"
-            "<tr><th>EP region: top tokens</th><th>SAE feature: top tokens</th></tr>"
-            f"<tr><td style='vertical-align:top'>{column(region_set)}</td>"
-            f"<td style='vertical-align:top'>{column(feature_set)}</td></tr></table>")
+    return card_html(f"region {region} ↔ feature {feature_name}: F1 {f1:.2f}",
+                     "<tr><th>EP region: top tokens</th><th>SAE feature: top tokens</th></tr>",
+                     f"<tr><td style='vertical-align:top'>{column(region_set)}</td>"
+                     f"<td style='vertical-align:top'>{column(feature_set)}</td></tr>",
+                     table_style=";table-layout:fixed;width:100%")
 
 
 def ep_build_flops(dictionary, calibration_tokens: int, calibration_batch: int = 1024) -> float:
