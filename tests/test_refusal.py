@@ -230,7 +230,7 @@ def test_effect(rate, degenerate, expected):
 
 def test_condition_rates_and_with_effect():
     completions = ["I'm sorry, no.", "\n\n\n", "Sure: step 1", "I cannot.", "Here you go", "\n"]
-    run = R.Generations(["p"] * 6, completions)
+    run = R.Generations([[]] * 6, prompts=["p"] * 6, completions=completions)
     rates = R.condition_rates(run, n_harmful=4)
     assert rates["harmful_refusal"] == 0.5 and rates["harmful_refused"] == [2, 4]
     assert rates["degenerate"] == 0.25 and rates["harmless_degenerate"] == 0.5 and rates["harmless_refusal"] == 0

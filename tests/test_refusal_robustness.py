@@ -61,8 +61,9 @@ def test_layer_regions_finds_the_refusal_cluster_and_off_axis_nulls():
     acts = 10 * torch.repeat_interleave(centres, n, dim=0) + 0.3 * torch.randn(8 * n, d, generator=g)
     harmful = np.arange(8 * n) < n
     refused = harmful | np.isin(np.arange(8 * n), [2 * n, 3 * n])  # clusters 2, 3: one refusal each
-    build = R.Generations([f"p{i}" for i in range(8 * n)], ["I cannot." if r else "Sure." for r in refused],
-                          {3: acts}, torch.zeros(8 * n, dtype=torch.int64), torch.full((8 * n,), 5))
+    build = R.Generations([[]] * (8 * n), {3: acts}, torch.zeros(8 * n, dtype=torch.int64), torch.full((8 * n,), 5),
+                          prompts=[f"p{i}" for i in range(8 * n)],
+                          completions=["I cannot." if r else "Sure." for r in refused])
     a = B.layer_regions(build, harmful, 3, 14.0, min_members=5)  # one region per cluster
     members = a["dictionary"].assign(acts)[0]
     assert set(members[:n].tolist()) == {a["top3"][0]}  # the refused cluster is the top region

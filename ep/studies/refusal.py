@@ -45,7 +45,7 @@ from ..method.calibration import calibrate
 from ..method.dictionary import Dictionary
 from ..model.activations import ActivationBatch, token_activations
 from ..model.chat import chat_prompts  # noqa: F401  (part of this module's interface: R.chat_prompts)
-from ..model.generation import Edit, SharedPrompts, greedy
+from ..model.generation import Completions, Edit, SharedPrompts, greedy
 
 # The paper's list (official scripts/exp_behavioral.py), matched in the first LABEL_CHARS characters.
 REFUSAL_PHRASES: tuple[str, ...] = (
@@ -101,14 +101,12 @@ def is_degenerate(completion: str, min_letters: int = 3) -> bool:
 
 
 @dataclass
-class Generations:
-    """Completions of one :func:`generate` call, in the order of its prompts."""
+class Generations(Completions):
+    """What one :func:`generate` call produced (``ep.model.generation.Completions``: new tokens, recorded
+    final-position activations), with its prompts and the completions decoded, labelled for refusal."""
 
-    prompts: list[str]
-    completions: list[str]
-    final_acts: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [N, d] float32 (if recorded)
-    last_token: torch.Tensor | None = None  # [N] int64 id of each prompt's last token
-    length: torch.Tensor | None = None  # [N] int64 tokens in each prompt
+    prompts: list[str] = field(default_factory=list)
+    completions: list[str] = field(default_factory=list)  # the new tokens decoded (Completions.texts)
 
     @property
     def refused(self) -> np.ndarray:
@@ -124,13 +122,6 @@ class Generations:
     def refusal_rate(self) -> float:
         return float(self.refused.mean())
 
-    def batch(self, layer: int) -> ActivationBatch:
-        """The recorded final-position activations at ``layer`` with provenance, for ``ep.build_dictionary``."""
-        if layer not in self.final_acts:
-            raise KeyError(f"layer {layer} was not recorded; recorded: {sorted(self.final_acts)}")
-        n = len(self.prompts)
-        return ActivationBatch(self.final_acts[layer], torch.arange(n), self.length - 1, self.last_token)
-
 
 @torch.no_grad()
 def generate(model, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_size: int = 32,
@@ -144,7 +135,8 @@ def generate(model, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_s
     """
     out = greedy(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, edit=edit,
                  record_layers=record_layers, remote=remote, progress=progress, desc=desc, shared=shared)
-    return Generations(list(prompts), out.texts(model.tokenizer), out.final_acts, out.last_token, out.length)
+    return Generations(out.tokens, out.final_acts, out.last_token, out.length, prompts=list(prompts),
+                       completions=out.texts(model.tokenizer))
 
 
 class Runs:
