@@ -42,8 +42,7 @@ import torch
 import ep
 from ep.method.builder import DictionaryBuilder
 from ep.method.calibration import Calibration, spherical_centre, to_directions
-from ep.method.device import screen_dtype
-from ep.method.leader import fair_threads
+from ep.method.device import fair_threads, screen_dtype
 from ep.show.notebook import machine
 
 HERE = Path(__file__).parent
