@@ -44,6 +44,8 @@ import ep  # noqa: E402
 
 PROTOCOL = ("notebook 04's earlier protocol, not the paper's: final-position dictionaries, layer sweep, plain "
             "removal, size/|cos| nulls, Arditi et al.'s substrings over the whole completion")
+from provenance import command, commit  # noqa: E402
+
 from ep.model import interventions as I  # noqa: E402
 from ep.studies import refusal as R  # noqa: E402
 
@@ -253,13 +255,14 @@ def main() -> None:
         results.append(run_seed(model, seed))
         print(f"seed {seed}: {time.perf_counter() - start:.0f} s", json.dumps(results[-1]["rates"]), flush=True)
     machine = ep.show.notebook.machine()
-    header = (f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
+    header = (f"`{command()}` at commit {commit()}. "
+              f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
               f"{datetime.datetime.now().isoformat(timespec='seconds')}; load average {load:.1f} -> "
               f"{os.getloadavg()[0]:.1f}.")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "refusal_robustness.json").write_text(json.dumps({"machine": machine, "protocol": PROTOCOL,
-                                                                          "results": results}, indent=1))
+    record = {"commit": commit(), "command": command(), "machine": machine, "protocol": PROTOCOL, "results": results}
+    (out / "refusal_robustness.json").write_text(json.dumps(record, indent=1))
     (out / "refusal_robustness.md").write_text(markdown(results, header))
     print(markdown(results, header))
 

@@ -1,6 +1,7 @@
 """The region rules of benchmarks/refusal_robustness.py (its own, earlier protocol; notebook 04 runs the paper's)."""
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,9 @@ import torch
 from ep.model import interventions as I
 from ep.studies import refusal as R
 
-_spec = importlib.util.spec_from_file_location(
-    "refusal_robustness", Path(__file__).resolve().parents[1] / "benchmarks" / "refusal_robustness.py")
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # as `python benchmarks/refusal_robustness.py` has it: its sibling modules
+_spec = importlib.util.spec_from_file_location("refusal_robustness", BENCHMARKS / "refusal_robustness.py")
 B = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(B)
 
