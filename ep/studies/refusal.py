@@ -353,7 +353,7 @@ def reanchored_exemplars(dictionary: Dictionary, acts: torch.Tensor, regions: Se
     return torch.stack(out)
 
 
-BASES = ("exemplar", "mean", "exemplar_reanchored")
+BASES = (*Dictionary.BASES, "exemplar_reanchored")  # exemplar, mean, exemplar_reanchored
 
 
 def percentile_regions(tokens: ActivationBatch, final_acts: torch.Tensor, refused: np.ndarray, harmful: np.ndarray,
@@ -378,7 +378,7 @@ def percentile_regions(tokens: ActivationBatch, final_acts: torch.Tensor, refuse
     if not top:
         return {**out, "bases": None}
     picked = [*top] if null is None else [*top, null]
-    directions = {"exemplar": dictionary.exemplars[picked], "mean": dictionary.mean_directions[picked],
+    directions = {**{name: dictionary.basis(name)[picked] for name in Dictionary.BASES},  # exemplar, mean
                   "exemplar_reanchored": reanchored_exemplars(dictionary, tokens.acts, picked, seed=seed)}
     bases = {name: {"top": dirs[:len(top)], "null": None if null is None else dirs[-1]}
              for name, dirs in directions.items()}
