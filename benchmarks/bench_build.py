@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import torch
+from provenance import command, commit
 
 import ep
 from ep.method.builder import DictionaryBuilder
@@ -112,7 +113,7 @@ def main() -> None:
     texts = list(ep.data.corpus(max_docs=args.docs + 32))
     cal_texts, texts = texts[:32], texts[32:]
     res = {"start": {"loads": loads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")}, "machine": machine(),
-           "args": vars(args), "rates": []}
+           "commit": commit(), "command": command(), "args": vars(args), "rates": []}
     models = {name: ep.load_model("gemma-3-270m", dtype=dt)[0]
               for name, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     cal_acts = ep.token_activations(models["fp32"], cal_texts, args.layer, context_length=args.context,
@@ -169,6 +170,7 @@ def write(res: dict, args) -> None:
 
     m, b16 = res["machine"], res["bf16_vs_fp32"]
     lines = [f"# End-to-end build vs the bare forward (Gemma 3 270M layer {args.layer}, context {args.context})", "",
+             f"`{res['command']}` at commit {res['commit']}. "
              f"{m['cpu']}, torch {m['torch']}; started {res['start']['time']} (load {res['start']['loads']}), "
              f"ended {res['end']['time']} (load {res['end']['loads']}).", "",
              "| dtype | tokens | bare forward (tok/s) | end-to-end build (tok/s) | build / bare | regions | load |",

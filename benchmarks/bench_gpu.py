@@ -5,7 +5,7 @@ On a GPU: the builder against the official code, extraction against a bare forwa
     python benchmarks/bench_gpu.py --dry-run    # tiny sizes on the CPU (the default without CUDA; CI runs it)
 
 1. Builder: ours (`DictionaryBuilder`, whose leader clustering screens in bf16 on Ampere+ and in fp32 on older GPUs,
-   TF32 off either way: `ep.method.leader._ieee_fp32`) against the official `Dictionary.add_batch`, the same rows in
+   TF32 off either way: `ep.method._engine._ieee_fp32`) against the official `Dictionary.add_batch`, the same rows in
    the same batches: synthetic rows of width 2,304 with about 10^5 exemplars, and real rows (Gemma 3 270M, layer 9,
    extracted on the device). First batch and whole stream; identical exemplar sets are checked.
 2. Extraction: `ep.token_activations` (stops after the layer) against a bare Hugging Face forward of the same

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from provenance import command, commit  # noqa: E402
+
 from ep.method.leader import dot64, leader_cluster, leader_cluster_reference  # noqa: E402
 
 OFFICIAL = {"few": 1.1, "mid": 6.0, "all": 18.0}  # seconds reported for the official implementation
@@ -161,9 +163,11 @@ def main() -> None:
     out = Path(__file__).resolve().parent / "results"
     out.mkdir(exist_ok=True)
     stem = "leader_quick" if args.quick else "leader"
-    result = {"machine": info, "gemm_gflops": {"fp32": rate32, "bf16": rate16}, "d": x.shape[1], "results": rows}
+    result = {"commit": commit(), "command": command(), "machine": info,
+              "gemm_gflops": {"fp32": rate32, "bf16": rate16}, "d": x.shape[1], "results": rows}
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# leader_cluster benchmark ({n} rows, d = {x.shape[1]}, batch 4096)", "",
+             f"`{result['command']}` at commit {result['commit']}. "
              f"{info['cpu']}, {info['cores']} cores ({info['torch_threads']} torch threads), torch {info['torch']}, "
              f"{info['date']}; load average {info['loadavg_start']:.1f} -> {info['loadavg_end']:.1f}. "
              f"Measured GEMM rate (4096x640 @ 640x8192): fp32 {rate32:.0f} GFLOP/s, bf16 {rate16:.0f} GFLOP/s.", "",

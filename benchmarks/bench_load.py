@@ -17,7 +17,6 @@ each code draws from a second core when it is free. Results: results/load.{json,
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ from bench_official import (
     start_worker,
     theta_for,
 )
+from provenance import command, commit
 
 from ep.method.calibration import spherical_centre
 from ep.show.notebook import machine
@@ -100,13 +100,12 @@ def main() -> None:
     for r in rows:
         r["slowdown"] = {v: r["median_s"][v] / quiet[r["data"]][v] for v in VARIANTS}
     res = {"start": start, "end": {"loads": loads(), "time": time.strftime("%Y-%m-%dT%H:%M:%S")},
-           "machine": machine(), "reps": args.reps, "rows": rows}
+           "machine": machine(), "commit": commit(), "command": command(), "reps": args.reps, "rows": rows}
     (HERE / "results").mkdir(exist_ok=True)
     (HERE / "results" / "load.json").write_text(json.dumps(res, indent=2) + "\n")
     m = res["machine"]
-    command = " ".join(["python benchmarks/bench_load.py", *sys.argv[1:]])
     lines = ["# Few regions under competing loads: ours against the official `Dictionary.add_batch`", "",
-             f"`{command}`. {m['cpu']}, {os.cpu_count()} cores, torch "
+             f"`{res['command']}` at commit {res['commit']}. {m['cpu']}, {os.cpu_count()} cores, torch "
              f"{m['torch']}; started {start['time']} (load {start['loads']}), ended {res['end']['time']}. "
              f"Medians of {args.reps} passes over the whole stream (batches of 4096); load PxT = P competing "
              "processes of T fp32-GEMM threads. Slowdown = median under the load / median with none.", "",

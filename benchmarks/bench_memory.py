@@ -18,9 +18,10 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from provenance import provenance_line, run_record  # noqa: E402
+
 import ep  # noqa: E402
 from ep.method.calibration import Calibration  # noqa: E402
-from ep.show.notebook import machine  # noqa: E402
 
 
 def rss_mb() -> float:
@@ -59,10 +60,10 @@ def main() -> None:
         tokens, regions, rss = next(row for row in seen if row[0] >= target)
         marks[str(target)] = {"tokens": tokens, "regions": regions, "rss_mb": round(rss, 1)}
     result = {"tokens": args.tokens, "d": d, "regions": len(dictionary), "seconds": round(elapsed, 1),
-              "tokens_per_s": round(args.tokens / elapsed), "marks": marks, "machine": machine()}
+              "tokens_per_s": round(args.tokens / elapsed), "marks": marks, **run_record()}
     out = Path(__file__).parent / "results"
     (out / "memory.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# Peak memory of a streaming build", "", f"Machine: {result['machine']}", "",
+    lines = ["# Peak memory of a streaming build", "", provenance_line(result), "",
              "| after tokens | regions | RSS (MB) |", "|---|---|---|"]
     lines += [f"| {m['tokens']:,} | {m['regions']:,} | {m['rss_mb']} |" for m in marks.values()]
     lines += ["", f"{args.tokens:,} synthetic tokens (d = {d}, 2,000 clusters) in {elapsed:.1f} s "

@@ -38,12 +38,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from provenance import command, commit
 
 import ep
 from ep.method.builder import DictionaryBuilder
 from ep.method.calibration import Calibration, spherical_centre, to_directions
-from ep.method.device import screen_dtype
-from ep.method.leader import fair_threads
+from ep.method.device import fair_threads, screen_dtype
 from ep.show.notebook import machine
 
 HERE = Path(__file__).parent
@@ -118,11 +118,7 @@ def gemm_rates(m: int = 1024, k: int = 2304, n: int = 2048) -> dict:
 
 def run_info() -> dict:
     """The commit, the command line and the environment that decides the screen: what a result file must say."""
-    commit = subprocess.run(["git", "-C", str(HERE), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    dirty = subprocess.run(["git", "-C", str(HERE), "status", "--porcelain", "--", "../ep"], capture_output=True,
-                           text=True).stdout
-    return {"commit": commit.strip() + (" (ep/ modified)" if dirty.strip() else ""),
-            "command": " ".join(["python", "benchmarks/" + Path(sys.argv[0]).name] + sys.argv[1:]),
+    return {"commit": commit(), "command": command(),
             "env": {k: os.environ[k] for k in NO_BF16 if k in os.environ},
             "screen": str(screen_dtype(torch.device("cpu"))).removeprefix("torch."),
             "cpu_capability": torch.backends.cpu.get_cpu_capability(), "gemm_gflops": gemm_rates()}

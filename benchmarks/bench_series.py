@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+from provenance import command, commit
+
 HERE = Path(__file__).parent
 REPO = HERE.parent
 NO_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2", "EP_NATIVE_BF16": "0"}
@@ -40,13 +42,6 @@ for dtype in (torch.float32, torch.bfloat16):
     rates[str(dtype).removeprefix("torch.")] = 3 * 2 * 4096 * 8192 * 2304 / (time.perf_counter() - start) / 1e9
 print(json.dumps(rates))
 '''
-
-
-def commit() -> str:
-    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    return out.stdout.strip() + ("+changes" if dirty else "")
 
 
 def gemm_rates(env: dict) -> dict:
@@ -68,7 +63,7 @@ def main() -> None:
     env = {**os.environ, "EP_DTYPE": args.dtype, **(NO_BF16 if args.no_bf16 else {})}
     notebooks = sorted(p for p in (REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")
                        if not args.only or p.name[:2] in args.only)
-    record = {"command": " ".join(["python benchmarks/bench_series.py", *sys.argv[1:]]), "commit": commit(),
+    record = {"command": command(), "commit": commit(),
               "machine": machine(), "env": {k: env[k] for k in ("EP_DTYPE", *NO_BF16) if k in env},
               "gemm_gflops": gemm_rates(env), "notebooks": {}}
     print(record["gemm_gflops"])

@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from bench_official import OFFICIAL_IMPORT  # noqa: E402
 from calibration_data import synthetic_documents  # noqa: E402  (shared with the unit test)
+from provenance import provenance_line, run_record  # noqa: E402
 
 import ep  # noqa: E402
 from ep.method.calibration import calibrate, document_batches  # noqa: E402
-from ep.show.notebook import machine  # noqa: E402
 
 WORKER = OFFICIAL_IMPORT + r'''
 calibrate = importlib.import_module("ep.discovery.calibration").calibrate
@@ -104,10 +104,10 @@ def main() -> None:
     worker.stdin.close()
 
     out = ROOT / "benchmarks" / "results"
-    info = {"machine": machine(), "date": time.strftime("%Y-%m-%dT%H:%M:%S"), "rows": rows}
+    info = {**run_record(), "rows": rows}
     (out / "calibration.json").write_text(json.dumps(info, indent=1))
     lines = ["# θ: the official calibration code vs `ep.calibrate` (same activations, same document batches)", "",
-             f"{info['machine']}; {info['date']}. The official code runs unmodified in its own venv (CPU: scipy "
+             f"{provenance_line(info)} The official code runs unmodified in its own venv (CPU: scipy "
              "`pdist`, float64). `rows protocol` is ours with 1,024 shuffled rows per batch (the control).", "",
              "| data | rows | docs/batch | batches | largest batch | p | official θ | ours θ | abs diff | "
              "rows protocol θ | official (s) | ours (s) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]

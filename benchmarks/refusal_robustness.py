@@ -33,15 +33,19 @@ import json
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import ep  # noqa: E402
 
 PROTOCOL = ("notebook 04's earlier protocol, not the paper's: final-position dictionaries, layer sweep, plain "
             "removal, size/|cos| nulls, Arditi et al.'s substrings over the whole completion")
+from provenance import command, commit  # noqa: E402
+
 from ep.model import interventions as I  # noqa: E402
 from ep.studies import refusal as R  # noqa: E402
 
@@ -68,6 +72,86 @@ def splits(seed: int) -> tuple[list[str], list[str], list[str], list[str]]:
     return build_harmful, build_harmless, dev_harmful, dev_harmless
 
 
+# -- this study's region rules (the earlier protocol; notebook 04 runs the paper's) ----------------
+
+def top_regions(table, k: int = 1) -> list[int]:
+    """The ``k`` best-scoring regions of ``R.region_table`` (only those with a score)."""
+    ranked = table[table["score"].notna()]
+    if len(ranked) < k:
+        raise ValueError(f"only {len(ranked)} regions have enough members; asked for {k}")
+    return [int(r) for r in ranked["region"][:k]]
+
+
+def null_region(table, size: int, exclude: Sequence[int] = (), min_members: int = 5, max_rate: float = 0.2,
+                directions: torch.Tensor | None = None, reference: torch.Tensor | None = None,
+                max_cosine: float = 0.3) -> int:
+    """A control region: ≥ ``min_members``, refusal rate ≤ ``max_rate``, size closest to ``size``.
+
+    With ``directions`` [K, d] (one per region) and a ``reference`` direction [d] (e.g. the diff-in-means
+    refusal direction), candidates must also satisfy |cos| ≤ ``max_cosine``: a region lying on that axis,
+    e.g. harmless prompts on the far side of the refusal direction, is no null, since removing its
+    direction moves refusal too. Fallbacks: the lowest-refusal regions when none is below ``max_rate``; the least
+    aligned ones when none is below ``max_cosine``.
+    """
+    ok = table[(table["members"] >= min_members) & ~table["region"].isin(list(exclude))]
+    if ok.empty:
+        raise ValueError("no region has enough members for a null control")
+    low = ok[ok["refusal_rate"] <= max_rate]
+    pool = low if not low.empty else ok[ok["refusal_rate"] == ok["refusal_rate"].min()]
+    if directions is not None and reference is not None:
+        ref = reference.double().reshape(-1) / reference.double().norm()
+        dirs = directions.double()[torch.tensor(pool["region"].to_numpy(dtype=np.int64))]
+        cos = (dirs @ ref / dirs.norm(dim=1).clamp_min(1e-300)).abs().numpy()
+        pool = pool.assign(abs_cos=cos)
+        unaligned = pool[pool["abs_cos"] <= max_cosine]
+        pool = unaligned if not unaligned.empty else pool[pool["abs_cos"] == pool["abs_cos"].min()]
+    best = pool.assign(gap=(pool["members"] - size).abs()).sort_values(["gap", "refusal_rate", "region"])
+    return int(best["region"].iloc[0])
+
+
+def null_regions(table, size: int, k: int, exclude: Sequence[int] = (), **kwargs) -> list[int]:
+    """``k`` distinct null regions, each the :func:`null_region` of those not yet taken (a top-k span's control)."""
+    picked: list[int] = []
+    for _ in range(k):
+        picked.append(null_region(table, size, exclude=[*exclude, *picked], **kwargs))
+    return picked
+
+
+def layer_regions(build: R.Generations, harmful: np.ndarray, layer: int, percentile: float, *, min_members: int = 5,
+                  seed: int = 0, null_kind: str = "mean", null_max_rate: float = 0.2,
+                  null_max_cosine: float = 0.3, refused: np.ndarray | None = None) -> dict:
+    """One layer's regions on a final-position dictionary (this study's protocol).
+
+    ``refused`` [N] overrides ``build.refused`` (e.g. labels made with another phrase list).
+
+    Calibrates and builds a dictionary on the recorded final-position activations at ``layer``, scores
+    its regions (``R.region_table``), takes the top 3 and 3 null regions (:func:`null_regions`: about
+    the top region's size, refusal rate ≤ ``null_max_rate``, |cos| ≤ ``null_max_cosine`` between their
+    ``null_kind`` direction, "mean" or "exemplar", and the build diff-in-means). Returns a dict:
+    ``dictionary``, ``table``, ``top3``, ``nulls``, ``dim`` (the diff-in-means direction [d]),
+    ``directions`` (the top region's exemplar and mean direction, the top 3's exemplars and mean
+    directions) and ``cosines`` (of each of those with ``dim``; the cosine to the span for the top 3).
+    """
+    if null_kind not in ("mean", "exemplar"):
+        raise ValueError(f"null_kind must be 'mean' or 'exemplar', got {null_kind!r}")
+    harmful = np.asarray(harmful, dtype=bool)
+    acts = build.final_acts[layer]
+    dictionary = ep.build_dictionary([build.batch(layer)], ep.calibrate(acts, percentile, seed=seed), progress=False)
+    refused = build.refused if refused is None else np.asarray(refused, dtype=bool)
+    table = R.region_table(dictionary.assign(acts)[0], refused, harmful, len(dictionary), min_members)
+    top3 = top_regions(table, 3)
+    dim = I.diff_in_means(acts[harmful], acts[~harmful])
+    exemplars, means = dictionary.exemplars, dictionary.mean_directions
+    kind = means if null_kind == "mean" else exemplars
+    size = int(table.set_index("region").loc[top3[0], "members"])
+    nulls = null_regions(table, size, 3, exclude=top3, min_members=min_members, max_rate=null_max_rate,
+                         directions=kind, reference=dim, max_cosine=null_max_cosine)
+    directions = {"top-1 exemplar": exemplars[top3[0]], "top-1 mean": means[top3[0]],
+                  "top-3 exemplars": exemplars[top3], "top-3 mean": means[top3]}
+    return {"dictionary": dictionary, "table": table, "top3": top3, "nulls": nulls, "dim": dim,
+            "directions": directions, "cosines": {name: I.subspace_cosine(v, dim) for name, v in directions.items()}}
+
+
 def labels(run: R.Generations) -> np.ndarray:
     """The recorded run's labels: Arditi et al.'s substrings anywhere in the completion (earlier protocol)."""
     return R.refusal_labels(run.completions, R.ARDITI_SUBSTRINGS, max_chars=None)
@@ -80,7 +164,7 @@ def run_seed(model, seed: int) -> dict:
     build = R.generate(model, R.chat_prompts(model.tokenizer, build_harmful + build_harmless),
                        record_layers=SWEEP, **gen)
     build_refused = labels(build)
-    analyses = {layer: R.layer_regions(build, is_harmful, layer, PERCENTILE, min_members=MIN_MEMBERS, seed=seed,
+    analyses = {layer: layer_regions(build, is_harmful, layer, PERCENTILE, min_members=MIN_MEMBERS, seed=seed,
                                        refused=build_refused)
                 for layer in SWEEP}  # the notebook's step; nulls: mean directions, refusal rate <= 0.2, |cos| <= 0.3
 
@@ -171,13 +255,14 @@ def main() -> None:
         results.append(run_seed(model, seed))
         print(f"seed {seed}: {time.perf_counter() - start:.0f} s", json.dumps(results[-1]["rates"]), flush=True)
     machine = ep.show.notebook.machine()
-    header = (f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
+    header = (f"`{command()}` at commit {commit()}. "
+              f"{machine['cpu']}, {machine['threads']} threads, torch {machine['torch']}, "
               f"{datetime.datetime.now().isoformat(timespec='seconds')}; load average {load:.1f} -> "
               f"{os.getloadavg()[0]:.1f}.")
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "refusal_robustness.json").write_text(json.dumps({"machine": machine, "protocol": PROTOCOL,
-                                                                          "results": results}, indent=1))
+    record = {"commit": commit(), "command": command(), "machine": machine, "protocol": PROTOCOL, "results": results}
+    (out / "refusal_robustness.json").write_text(json.dumps(record, indent=1))
     (out / "refusal_robustness.md").write_text(markdown(results, header))
     print(markdown(results, header))
 

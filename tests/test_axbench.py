@@ -189,7 +189,8 @@ def test_evaluate_layer_rejects_bad_options():
         with pytest.raises(ValueError):
             ax.evaluate_layer(rows, rows, 0, [split], methods=("length",), progress=False, **bad)
     with pytest.raises(ValueError):
-        ax.basis(_generic_dictionary(), "centroid")
+        ax.evaluate_layer(rows, rows, 0, [split], methods=("ep",), dictionaries={"g": _generic_dictionary()},
+                          bases=("centroid",), progress=False)
 
 
 def test_unit_row_sums_and_the_contrast_choice_match_a_token_level_reference():
@@ -283,12 +284,6 @@ def test_linear_detector_centred_score_is_a_cosine():
     got = ax.LinearDetector(w, centre)(acts)
     want = torch.nn.functional.cosine_similarity(acts - centre, w[None], dim=1)
     torch.testing.assert_close(got, want)
-
-
-def test_feature_detector_reads_one_column_in_chunks():
-    enc = lambda a: torch.cat([a, -a], dim=1)
-    acts = torch.randn(10, 3)
-    torch.testing.assert_close(ax.FeatureDetector(enc, 4, chunk_size=3)(acts), -acts[:, 1])
 
 
 class _Tok:  # a tokenizer with a chat template, for the templating logic alone

@@ -2,7 +2,7 @@
 
 import torch
 
-from ep.method.leader import fair_threads, torch_threads
+from ep.method.device import fair_threads, torch_threads
 
 
 def test_fair_threads_in_range():

@@ -1,4 +1,4 @@
-"""Tests for ep.studies.compare: top-token sets, set F1 / Dice, best and one-to-one matches, compute counts."""
+"""Tests for ep.studies.compare: top-token sets, set F1, best and one-to-one matches, compute counts."""
 
 import itertools
 
@@ -60,24 +60,24 @@ def test_best_match_and_hungarian():
     col, best = C.best_match(f1)
     np.testing.assert_array_equal(col, [0, 0, -1, 2])
     np.testing.assert_allclose(best, [0.9, 0.85, 0.0, 0.3])
-    rows, cols, dice = C.hungarian(f1)
+    rows, cols, score = C.hungarian(f1)
     assert len(set(cols.tolist())) == len(cols)  # one-to-one
     brute = max(sum(dense[r, c] for r, c in zip(perm, range(3))) for perm in itertools.permutations(range(4), 3))
-    assert dice.sum() == pytest.approx(brute)  # 0.8 + 0.85 + 0.3
+    assert score.sum() == pytest.approx(brute)  # 0.8 + 0.85 + 0.3
     assert dict(zip(rows.tolist(), cols.tolist())) == {0: 1, 1: 0, 3: 2}
     summary = C.match_summary(f1, min_f1=0.5)
     assert summary["min_f1"] == 0.5  # the result's key is the parameter's name
     assert summary["matched_fraction"] == pytest.approx(0.5)  # rows 0 and 1
     assert summary["features_used_by_best_matches"] == 1
-    assert summary["hungarian_mean_dice"] == pytest.approx(brute / 3)
+    assert summary["hungarian_mean_f1"] == pytest.approx(brute / 3)
     assert summary["hungarian_matched_fraction"] == pytest.approx(2 / 4)
 
 
 def test_hungarian_with_no_overlap():
     import scipy.sparse as sp
 
-    rows, cols, dice = C.hungarian(sp.csr_matrix((3, 4)))
-    assert len(rows) == len(cols) == len(dice) == 0
+    rows, cols, score = C.hungarian(sp.csr_matrix((3, 4)))
+    assert len(rows) == len(cols) == len(score) == 0
 
 
 @pytest.fixture(scope="module")

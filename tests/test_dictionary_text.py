@@ -73,7 +73,7 @@ def test_with_contexts_keeps_text_through_a_file(small, tmp_path):
 
 def test_region_without_text(small):
     r = small.region(0)
-    assert r.exemplar.text is None and "no text stored" in r.html()
+    assert r.exemplar.text is None and "no text stored" in r._repr_html_()
     assert small.region(0, lookup=lookup).exemplar.text == lookup(*small.exemplar_context[0, :2].tolist())
     with pytest.raises(IndexError):
         small.region(len(small))

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from ep.method.leader import (
+from ep.method._engine import (
     GROUP,
     SAFETY,
     U_BF16,
-    LeaderClustering,
     _argmax_exact,
     _at_least,
     _blockmax,
@@ -19,10 +18,8 @@ from ep.method.leader import (
     _pair_dot64,
     _settled,
     _tol,
-    dot64,
-    leader_cluster,
-    leader_cluster_reference,
 )
+from ep.method.leader import LeaderClustering, dot64, leader_cluster, leader_cluster_reference
 
 
 def clustered(n: int, d: int, k: int, seed: int = 0) -> torch.Tensor:

@@ -103,7 +103,7 @@ def test_dropped_and_introduced_regions(base):
     m = match_dictionaries(base, other, min_cosine=0.7)
     s = m.summary()
     assert (s["persisted"], s["dropped"], s["introduced"]) == (5, 5, 5)
-    assert s["persisted_fraction"] == 0.5 and s["introduced_fraction"] == 0.5 and s["dice"] == 0.5
+    assert s["persisted_fraction"] == 0.5 and s["introduced_fraction"] == 0.5 and s["f1"] == 0.5
     assert sorted(_cluster_of(base)[m.dropped]) == [0, 1, 2, 3, 4]
     assert sorted(_cluster_of(other)[m.introduced]) == [10, 11, 12, 13, 14]
     a, b = m.pairs
@@ -156,10 +156,10 @@ def test_hungarian_is_one_to_one_and_optimal(k_a, k_b):
     assert s["persisted"] == min(k_a, k_b) and s["introduced"] == k_b - s["persisted"]
 
 
-def test_min_count_restricts_the_regions():
+def test_min_members_restricts_the_regions():
     a = _from_exemplars(np.eye(3))
     a.counts[:] = torch.tensor([5, 1, 3])
-    m = match_dictionaries(a, a, min_count=2)
+    m = match_dictionaries(a, a, min_members=2)
     assert m.a_regions.tolist() == [0, 2] and m.summary()["persisted"] == 2
 
 

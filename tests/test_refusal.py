@@ -73,58 +73,8 @@ def test_region_table_scores_rate_times_members():
     assert table.loc[0, "score"] == pytest.approx(5.0)
     assert np.isnan(table.loc[2, "score"])  # too few members, however dense
     assert table.loc[5, "members"] == 0 and np.isnan(table.loc[5, "score"])
-    assert R.top_regions(make_table(), 2) == [0, 1]
-    with pytest.raises(ValueError, match="enough members"):
-        R.top_regions(make_table(), 5)
     with pytest.raises(ValueError):
         R.region_table(np.zeros(3, int), np.zeros(2, bool), np.zeros(3, bool), 1)
-
-
-def test_null_region_is_size_matched_and_low_refusal():
-    table = make_table()
-    assert R.null_region(table, size=6, exclude=[0]) == 3  # rate 0, same size
-    assert R.null_region(table, size=9, exclude=[0]) == 4  # rate 0.11, closest size
-    assert R.null_region(table, size=9, exclude=[0], max_rate=0.0) == 3
-    with pytest.raises(ValueError):
-        R.null_region(table, size=6, exclude=[0, 1, 3, 4])
-    assert R.null_regions(table, size=6, k=2, exclude=[0]) == [3, 4]  # the next best, never twice
-
-
-def test_null_region_avoids_the_chosen_axis():
-    table = make_table()
-    dirs = torch.eye(4)[[0, 1, 2, 0, 3, 3]].float()  # region 3 points like region 0 does
-    dirs[3] = -dirs[3]  # ... but from the far side: still the same axis
-    kwargs = dict(exclude=[0], directions=dirs, reference=dirs[0])
-    assert R.null_region(table, size=6, **kwargs) == 4  # region 3 (|cos| = 1) is skipped
-    assert R.null_region(table, size=6, **kwargs, max_cos=1.0) == 3
-    dirs[4] = dirs[0] + 0.01 * dirs[4]  # now every low-refusal region is aligned: take the least aligned
-    assert R.null_region(table, size=6, **kwargs) == 4
-
-
-def test_layer_regions_finds_the_refusal_cluster_and_off_axis_nulls():
-    # 8 clusters of 12 prompts at layer 3: cluster 0 harmful and refused, along the refusal axis;
-    # the others harmless and answered; cluster 1 points along the axis too, from the far side
-    g = torch.Generator().manual_seed(0)
-    d, n = 32, 12
-    centres = torch.nn.functional.normalize(torch.randn(8, d, generator=g), dim=1)
-    axis = torch.nn.functional.normalize(centres[0] - centres[1:].mean(0), dim=0)
-    centres[1] = -axis
-    acts = 10 * torch.repeat_interleave(centres, n, dim=0) + 0.3 * torch.randn(8 * n, d, generator=g)
-    harmful = np.arange(8 * n) < n
-    refused = harmful | np.isin(np.arange(8 * n), [2 * n, 3 * n])  # clusters 2, 3: one refusal each
-    build = R.Generations([f"p{i}" for i in range(8 * n)], ["I cannot." if r else "Sure." for r in refused],
-                          {3: acts}, torch.zeros(8 * n, dtype=torch.int64), torch.full((8 * n,), 5))
-    a = R.layer_regions(build, harmful, 3, 14.0, min_members=5)  # one region per cluster
-    members = a["dictionary"].assign(acts)[0]
-    assert set(members[:n].tolist()) == {a["top3"][0]}  # the refused cluster is the top region
-    assert a["cosines"]["top-1 mean"] > 0.9 and I.cosine(a["dim"], axis) > 0.9
-    assert len(set(a["nulls"])) == 3 and not set(a["nulls"]) & set(a["top3"])
-    anti = members[n].item()  # never refused, so the first null candidate without the axis rule
-    assert anti not in a["top3"] and set(members[n:2 * n].tolist()) == {anti}
-    assert anti not in a["nulls"]  # the far side of the refusal axis is no null
-    assert anti in R.layer_regions(build, harmful, 3, 14.0, min_members=5, null_max_cos=1.0)["nulls"]
-    with pytest.raises(ValueError, match="null_kind"):
-        R.layer_regions(build, harmful, 3, 14.0, null_kind="median")
 
 
 def paper_case():
@@ -157,8 +107,9 @@ def test_refusal_regions_need_members_and_rate():
     assert R.refusal_regions(found["table"], k=5, min_rate=0.15)[-1] == int(region[20])
     with pytest.raises(ValueError, match="refusal rate"):
         R.refusal_regions(found["table"], min_rate=0.95)
-    assert found["bases"]["mean"]["top"].shape == (2, acts.shape[1])
-    assert torch.equal(found["bases"]["exemplar"]["null"], dictionary.exemplars[found["null"]])
+    assert found["null"] in {int(region[i]) for i in (30, 40, 50)} and found["reason"] == ""
+    none = R.score_regions(dictionary, acts, refused, harmful, min_rate=0.95)  # a finding, not an error
+    assert none["top"] == [] and none["null"] is None and "refusal rate" in none["reason"]
 
 
 def test_matched_null_is_nearest_in_log_count_and_coherence():
@@ -279,7 +230,7 @@ def test_effect(rate, degenerate, expected):
 
 def test_condition_rates_and_with_effect():
     completions = ["I'm sorry, no.", "\n\n\n", "Sure: step 1", "I cannot.", "Here you go", "\n"]
-    run = R.Generations(["p"] * 6, completions)
+    run = R.Generations([[]] * 6, prompts=["p"] * 6, completions=completions)
     rates = R.condition_rates(run, n_harmful=4)
     assert rates["harmful_refusal"] == 0.5 and rates["harmful_refused"] == [2, 4]
     assert rates["degenerate"] == 0.25 and rates["harmless_degenerate"] == 0.5 and rates["harmless_refusal"] == 0

@@ -1,6 +1,7 @@
 """The method itself, on plain arrays: no model code is imported here.
 
-- ``leader``: leader clustering of unit rows, the plain reference loop and the fast exact one;
+- ``leader``: leader clustering of unit rows: the definition (a plain reference loop) and the public calls;
+  ``_engine``, private: the fast exact engine behind them;
 - ``calibration``: the frozen spherical centre and the percentile threshold θ;
 - ``dictionary``: the ``Dictionary`` (a Voronoi partition around exemplars) and its file format;
 - ``config``: ``BuildConfig``, every setting of a build and its defaults, kept in the dictionary's file;
@@ -11,5 +12,6 @@
 - ``builder``: streaming construction of a dictionary from activation batches;
 - ``published``: the paper's published dictionaries, opened without running code from the file;
 - ``metrics``: detection metrics (AUROC) shared by the studies;
+- ``device``: where to compute, in which float format, and on how many threads;
 - ``files``: writes that leave the whole old file or the whole new one, canonical JSON, sha256, the cache folder.
 """

@@ -27,8 +27,9 @@ import torch
 
 from .._version import __version__
 from .calibration import Calibration, load_arrays, save_arrays
+from .device import torch_threads
 from .dictionary import Dictionary
-from .leader import LeaderClustering, torch_threads
+from .leader import LeaderClustering
 from .rows import check_shape
 
 

@@ -18,6 +18,7 @@ bf16 instructions but leave /proc/cpuinfo unchanged (benchmarks/bench_official.p
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -91,3 +92,60 @@ def warm_vml() -> None:
         one = torch.full((1,), 0.5, dtype=dtype)
         for name in VML_OPS:
             getattr(torch, name)(one)
+
+
+# -----------------------------------------------------------------------------
+# how many threads the builder runs a batch on (it reads /proc: Linux only; elsewhere torch's own setting)
+
+def _own_running() -> int:
+    """Threads of this process in state R (running or runnable) now, from /proc/self/task/*/stat."""
+    n = 0
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:  # the thread ended
+            continue
+        n += stat[stat.rindex(")") + 2] == "R"  # the state follows the "(comm)" field
+    return n
+
+
+_others_before = 0  # other runnable tasks the previous fair_threads() call found
+
+
+def fair_threads(samples: int = 5) -> int:
+    """Threads worth using now: the cores of this process not already taken by other runnable tasks (>= 1).
+
+    On a shared machine an OpenMP pool wider than the free cores waits at every barrier for a descheduled
+    thread; a 2-core machine under load ran the builder 4x faster on 1 thread than on 2. Linux's
+    /proc/loadavg counts the tasks runnable right now; this process's own (the reader, and OpenMP workers
+    still spinning after the last parallel op) are not "other" load. A core counts as taken only if every
+    one of a few reads finds it taken, in this call and in the previous one: a steady competitor is
+    runnable in all of them, while a read that catches a passing task (or one of our own workers changing
+    state between the two files) once cost a quiet machine a batch at half speed about once a run."""
+    global _others_before
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    try:
+        reads = []
+        for _ in range(samples):  # our own threads counted before and after: one may change state between
+            before = _own_running()
+            total = int(open("/proc/loadavg").read().split()[3].split("/")[0])
+            reads.append(total - max(1, before, _own_running()))
+    except (OSError, ValueError, IndexError):
+        return torch.get_num_threads()
+    others, _others_before = min(min(reads), _others_before), min(reads)
+    return max(1, min(torch.get_num_threads(), cores - others))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """Run the block with n intra-op threads (None: fair_threads()), then restore the caller's setting."""
+    old = torch.get_num_threads()
+    n = fair_threads() if n is None else int(n)
+    if n != old:
+        torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        if n != old:
+            torch.set_num_threads(old)

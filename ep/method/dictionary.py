@@ -20,7 +20,6 @@ their flat ``calibration_*`` keys are moved into the nested record as they are r
 from __future__ import annotations
 
 import dataclasses
-import html
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -139,28 +138,19 @@ class Context:
     text: tuple[str, str, str] | None  # (left, token, right), or None when not kept
     document: str | None = None        # the whole document's text, when only that is kept
 
-    def html(self, width: int = 80) -> str:
-        """The context with its token highlighted (or the best that is stored)."""
-        if self.text is None and self.document is not None:
-            clipped = self.document if len(self.document) <= 2 * width else self.document[:2 * width] + "…"
-            return f"<i>token {self.pos} of:</i> {html.escape(clipped)}"
-        if self.text is None:
-            return f"<i>doc {self.doc}, position {self.pos}, token id {self.token} (no text stored)</i>"
-        return highlight_html(*self.text, width=width)
+
+_render_region: Callable | None = None  # Region -> HTML; ep.show.display registers it (the method layer has no HTML)
 
 
-def highlight_html(left: str, token: str, right: str, width: int = 80) -> str:
-    """(left, token, right) -> HTML, the token marked; at most ``width`` characters either side."""
-    clip = lambda t: html.escape(t).replace("\n", "⏎")
-    left = ("…" + left[-width:]) if len(left) > width else left
-    right = (right[:width] + "…") if len(right) > width else right
-    return (f"{clip(left)}<mark style='background:#ffd54f;padding:0 2px'><b>{clip(token)}</b></mark>"
-            f"{clip(right)}")
+def register_region_renderer(render: Callable) -> None:
+    """How a ``Region`` shows itself in a notebook (``_repr_html_``): ``render(region) -> str`` of HTML."""
+    global _render_region
+    _render_region = render
 
 
 @dataclass
 class Region:
-    """One region of a Dictionary, ready to show: in a notebook its HTML repr is a card."""
+    """One region of a Dictionary, ready to show: in a notebook its HTML repr is a card (drawn by ``ep.show``)."""
     index: int
     count: int
     coherence: float
@@ -176,17 +166,9 @@ class Region:
         lines += [f"  {c.kind:8s} {c.distance:.3f}  {show(c)}" for c in self.nearest + self.farthest]
         return "\n".join(lines)
 
-    def html(self, n: int | None = None, width: int = 80) -> str:
-        rows = [(c.kind, c.distance, c.html(width)) for c in
-                [self.exemplar, *self.nearest[:n], *self.farthest[:n]]]
-        body = "".join(f"<tr><td>{'<b>exemplar</b>' if k == 'exemplar' else k}</td><td>{d:.3f}</td>"
-                       f"<td style='text-align:left'>{h}</td></tr>" for k, d, h in rows)
-        return (f"<h4 style='margin:8px 0 2px'>region {self.index}: {self.count} members, "
-                f"coherence {self.coherence:.2f}</h4><table style='font-family:monospace;font-size:12px'>"
-                f"<tr><th></th><th>distance</th><th>context</th></tr>{body}</table>")
-
-    def _repr_html_(self) -> str:
-        return self.html()
+    def _repr_html_(self) -> str | None:
+        """The card ``ep.show.display.region_html`` draws (``None``, the plain repr, before ``ep.show`` is imported)."""
+        return None if _render_region is None else _render_region(self)
 
 
 @dataclass(eq=False)

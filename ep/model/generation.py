@@ -64,6 +64,14 @@ class Completions:
         """The completions decoded, special tokens (padding, stop tokens) dropped."""
         return tokenizer.batch_decode(self.tokens, skip_special_tokens=True)
 
+    def batch(self, layer: int) -> ActivationBatch:
+        """The recorded final-position activations at ``layer`` with provenance (prompt i, its last position, its
+        last token), for ``ep.build_dictionary``."""
+        if layer not in self.final_acts:
+            raise KeyError(f"layer {layer} was not recorded; recorded: {sorted(self.final_acts)}")
+        return ActivationBatch(self.final_acts[layer], torch.arange(len(self.length)), self.length - 1,
+                               self.last_token)
+
 
 def _greedy_batch(model, prompts: list[str], max_new_tokens: int, edit: Edit | None, record: Sequence[int],
                   stop: list[int] | None, add_special_tokens: bool, remote: bool | str,

@@ -131,6 +131,12 @@ def unit_difference(positive_mean: torch.Tensor, negative_mean: torch.Tensor) ->
     return (diff / diff.norm()).float()
 
 
+def random_direction(d: int, seed: int) -> torch.Tensor:
+    """A uniformly random unit direction [d] (seeded): the control every chosen direction is read against."""
+    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
+    return v / v.norm()
+
+
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     """Cosine between two [d] vectors."""
     a, b = a.double().reshape(-1), b.double().reshape(-1)

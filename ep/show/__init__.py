@@ -2,6 +2,7 @@
 (setup, results). Draws what it is given; imports nothing from the layers that talk to a model.
 """
 
+from . import display  # noqa: F401  (registers the renderer a Region shows itself with)
 from .browser import browser
 from .sphere import sphere_figure, sphere_html
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .display import context_html
+
 _STYLE = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222}
 table{border-collapse:collapse;font-size:13px}td,th{padding:2px 8px;border-bottom:1px solid #eee;text-align:left}
@@ -132,7 +134,7 @@ def _region_page(d, k: int, region, label, score, lens, near, written, labels, t
     if score is not None:
         facts.insert(0, ("label score", f"{float(score):.2f}"))
     facts_html = "".join(f"<tr><th>{a}</th><td>{html.escape(b)}</td></tr>" for a, b in facts)
-    contexts = "".join(f"<tr><td>{c.kind}</td><td>{c.distance:.3f}</td><td class=ctx>{c.html(60)}</td></tr>"
+    contexts = "".join(f"<tr><td>{c.kind}</td><td>{c.distance:.3f}</td><td class=ctx>{context_html(c, 60)}</td></tr>"
                        for c in [region.exemplar, *region.nearest, *region.farthest])
     near_rows = []
     for j, dist in zip(*near):
@@ -141,7 +143,7 @@ def _region_page(d, k: int, region, label, score, lens, near, written, labels, t
         link = f"<a href='{j}.html'>{html.escape(name)}</a>" if j in written else html.escape(name)
         ex = d.region(j).exemplar
         near_rows.append(f"<tr><td>{link}</td><td>{float(dist):.3f}</td><td>{int(d.counts[j])}</td>"
-                         f"<td class=ctx>{ex.html(30)}</td></tr>")
+                         f"<td class=ctx>{context_html(ex, 30)}</td></tr>")
     body = (f"<p><a id='back' href='../index.html'>← {html.escape(title)}</a></p><h1>{html.escape(head)}</h1>"
             f"<table>{facts_html}</table>" + (_lens_html(lens) if lens else "") +
             f"<h3>Contexts</h3><table><tr><th></th><th>distance</th><th>context (member token marked)</th></tr>"

@@ -15,6 +15,8 @@ import html
 
 import numpy as np
 
+from .display import TABLE_STYLE, context_html, region_html
+
 ORDERS = ("members", "coherence", "region")
 
 
@@ -46,7 +48,7 @@ def select_regions(dictionary, order: str = "members", descending: bool = True, 
 
 
 def _short(context, width: int = 40) -> str:
-    return context.html(width) if context.text or context.document else html.escape(f"doc {context.doc}")
+    return context_html(context, width) if context.text or context.document else html.escape(f"doc {context.doc}")
 
 
 def table_html(dictionary, regions, lookup=None, width: int = 40) -> str:
@@ -58,7 +60,7 @@ def table_html(dictionary, regions, lookup=None, width: int = 40) -> str:
         rows.append(f"<tr><td>{r.index}</td><td>{r.count}</td><td>{r.coherence:.2f}</td>"
                     f"<td style='text-align:left'>{_short(r.exemplar, width)}</td>"
                     f"<td style='text-align:left'>{near}</td></tr>")
-    return ("<table style='font-family:monospace;font-size:12px'><tr><th>region</th><th>members</th>"
+    return (f"<table style='{TABLE_STYLE}'><tr><th>region</th><th>members</th>"
             "<th>coherence</th><th>exemplar</th><th>nearest member</th></tr>" + "".join(rows) + "</table>")
 
 
@@ -67,7 +69,7 @@ def region_card(dictionary, k: int, lookup=None, n: int = 5, neighbours: int = 5
     ids, dist = dictionary.neighbours(k, neighbours)
     near = "".join(f"<li>region {int(j)} (exemplar distance {float(x):.3f}, {int(dictionary.counts[j])} members): "
                    f"{_short(dictionary.region(int(j), lookup).exemplar)}</li>" for j, x in zip(ids, dist))
-    return dictionary.region(k, lookup).html(n) + f"<p><b>nearest regions</b></p><ul>{near}</ul>"
+    return region_html(dictionary.region(k, lookup), n) + f"<p><b>nearest regions</b></p><ul>{near}</ul>"
 
 
 class Explorer:

@@ -39,14 +39,15 @@ from tqdm.auto import tqdm
 
 from ..method.builder import DictionaryBuilder, build_dictionary
 from ..method.calibration import calibrate, to_directions
+from ..method.dictionary import Dictionary
 from ..method.metrics import auroc, auroc_columns
 from ..model.activations import ActivationBatch, decoder_layers
 from ..model.chat import chat_prompt
-from ..model.interventions import unit_difference
+from ..model.interventions import random_direction, unit_difference
 
 LABELS = {"positive": 1, "negative": 0}  # everything else (hard negatives) is left out, as in AxBench
 SCOPES = ("after_prefix", "output", "row")
-BASES = ("exemplar", "mean")
+BASES = Dictionary.BASES  # "exemplar", "mean"
 
 # what the paper ran (official ep/_axbench_ep.py via scripts/build_partitions.py), for results files
 PAPER_PROTOCOL = {
@@ -253,19 +254,6 @@ def token_vectors(acts: torch.Tensor, centre: torch.Tensor | None) -> torch.Tens
     return to_directions(acts, centre) if centre is not None else acts.float()
 
 
-@dataclass
-class FeatureDetector:
-    """One feature of an encoder (e.g. an SAE's: [n, d] -> [n, F]), encoded in chunks to bound memory."""
-
-    encode: Callable[[torch.Tensor], torch.Tensor]
-    index: int
-    chunk_size: int = 1024
-
-    def __call__(self, acts: torch.Tensor) -> torch.Tensor:
-        return torch.cat([self.encode(acts[s:s + self.chunk_size])[:, self.index].float()
-                          for s in range(0, len(acts), self.chunk_size)])
-
-
 def max_pool(scores: torch.Tensor, row: torch.Tensor, keep: torch.Tensor, n_rows: int) -> torch.Tensor:
     """Token scores [N] or [N, K] → per-row max over the kept tokens [n_rows] or [n_rows, K].
 
@@ -390,8 +378,7 @@ def probe(acts: torch.Tensor, rows: RowActivations, keep: torch.Tensor, split: C
 
 def random_detector(d: int, seed: int) -> LinearDetector:
     """A random unit direction, score h·r: the floor every method should clear."""
-    w = torch.randn(d, generator=torch.Generator().manual_seed(seed))
-    return LinearDetector(w / w.norm())
+    return LinearDetector(random_direction(d, seed))
 
 
 def rows_dictionary(train: RowActivations, layer: int, percentile: float, seed: int = 0):
@@ -427,15 +414,6 @@ def prefix_dictionaries(batches, calibration, sizes: Sequence[int], n_samples: i
             break
         add(batch, slice(start, None))
     return out
-
-
-def basis(dictionary, name: str) -> torch.Tensor:
-    """[K, d] unit directions in centred space: the regions' ``exemplar`` or their ``mean`` member direction."""
-    if name == "exemplar":
-        return dictionary.exemplars
-    if name == "mean":
-        return dictionary.mean_directions
-    raise ValueError(f"basis must be one of {BASES}, got {name!r}")
 
 
 def unit_scores(directions: torch.Tensor, centre: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -487,7 +465,7 @@ def evaluate_layer(train: RowActivations, latent: RowActivations, layer: int, sp
             for name, dic in dictionaries.items():
                 for b in bases:
                     t = time.perf_counter()
-                    directions, centre = basis(dic, b), (dic.centre if score == "cos" else None)
+                    directions, centre = dic.basis(b), (dic.centre if score == "cos" else None)
                     key = (layer, id(dic), b, train_scope, choose, score)
                     if key not in cache:  # the per-row tables the choice needs, the same for every concept
                         if choose == "contrast":  # the paper: centred cosine, mean over tokens

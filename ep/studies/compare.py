@@ -7,12 +7,11 @@ a held-out token set:
 - an SAE feature scores x by its activation; only tokens where it fires (> 0) count, so a rarely
   firing feature has a shorter list (and a dead one an empty list).
 For a region set A and a feature set B, precision |A∩B|/|B| and recall |A∩B|/|A| give
-F1 = 2|A∩B| / (|A| + |B|): for two sets the F1 score of one against the other *is* their Dice
-coefficient (the same number; the paper says F1 for the best match, Dice for the one-to-one view, and so
-do the names here; ``ep.studies.matching`` follows the same rule). Two readings:
+F1 = 2|A∩B| / (|A| + |B|) (for two sets the F1 score of one against the other is their Dice coefficient, the
+same number; this package calls it F1 everywhere). Two readings:
 - **best match**: each region's best feature by F1 (many regions may pick the same feature); the
   fraction of regions with F1 > 0.5 is the "shared core";
-- **one-to-one**: the Hungarian assignment (scipy) maximising total Dice, each feature used once.
+- **one-to-one**: the Hungarian assignment (scipy) maximising total F1, each feature used once.
 Sets are sparse (n of N tokens), so all K x F intersections come from one sparse product.
 
 **The paper's protocol** (official ``scripts/compare_sae.py``; :func:`paper_match`): both sides rank
@@ -40,6 +39,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from scipy.optimize import linear_sum_assignment
+
+from ..show.display import card_html
 
 
 def ep_scorer(dictionary, basis: str = "exemplar") -> Callable[[torch.Tensor], torch.Tensor]:
@@ -163,7 +164,7 @@ def _indicator(sets: np.ndarray, n_rows: int) -> sp.csr_matrix:
 
 
 def set_f1(a_sets: np.ndarray, b_sets: np.ndarray) -> sp.csr_matrix:
-    """F1 (= Dice) of every pair of sets: a_sets [K, n], b_sets [F, m] (-1 padding) → sparse [K, F].
+    """F1 of every pair of sets: a_sets [K, n], b_sets [F, m] (-1 padding) → sparse [K, F].
 
     Pairs that share no row are absent (F1 = 0).
     """
@@ -185,10 +186,10 @@ def best_match(f1: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray]:
 
 
 def hungarian(f1: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One-to-one matching maximising total Dice → (rows, cols, dice) of the pairs that overlap.
+    """One-to-one matching maximising total F1 → (rows, cols, f1) of the pairs that overlap.
 
     Rows and columns that overlap nothing cannot add to the total, so the assignment is solved on the
-    rest only (exact, and much smaller). Pairs assigned with Dice 0 are dropped.
+    rest only (exact, and much smaller). Pairs assigned with F1 0 are dropped.
     """
     f1 = f1.tocsr()
     rows, cols = np.unique(f1.nonzero()[0]), np.unique(f1.nonzero()[1])
@@ -196,9 +197,9 @@ def hungarian(f1: sp.csr_matrix) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     dense = f1[rows][:, cols].toarray()
     r, c = linear_sum_assignment(dense, maximize=True)
-    dice = dense[r, c]
-    keep = dice > 0
-    return rows[r[keep]], cols[c[keep]], dice[keep]
+    score = dense[r, c]
+    keep = score > 0
+    return rows[r[keep]], cols[c[keep]], score[keep]
 
 
 def match_summary(f1: sp.csr_matrix, min_f1: float = 0.5) -> dict:
@@ -206,15 +207,15 @@ def match_summary(f1: sp.csr_matrix, min_f1: float = 0.5) -> dict:
     F1 > ``min_f1``."""
     n_regions, n_features = f1.shape
     best_col, best = best_match(f1)
-    _, _, dice = hungarian(f1)
+    _, _, one_to_one = hungarian(f1)
     n_pairs = min(n_regions, n_features)
     return {
         "regions": n_regions, "features": n_features,
         "matched_fraction": float((best > min_f1).mean()),  # best match F1 > min_f1
         "median_best_f1": float(np.median(best)),
         "features_used_by_best_matches": int(len(np.unique(best_col[best > min_f1]))),
-        "hungarian_mean_dice": float(dice.sum() / n_pairs),  # over min(K, F) pairs; unmatched count 0
-        "hungarian_matched_fraction": float((dice > min_f1).sum() / n_regions),
+        "hungarian_mean_f1": float(one_to_one.sum() / n_pairs),  # over min(K, F) pairs; unmatched count 0
+        "hungarian_matched_fraction": float((one_to_one > min_f1).sum() / n_regions),
         "min_f1": min_f1,
     }
 
@@ -234,11 +235,11 @@ def pair_html(contexts, doc: np.ndarray, pos: np.ndarray, region: int, region_se
         return "<br>".join(items) or "<i>(fires on no held-out token)</i>"
 
     feature_name = html.escape(str(feature)) if feature >= 0 else "none"
-    return (f"<h4 style='margin:8px 0 2px'>region {region} ↔ feature {feature_name}: F1 {f1:.2f}</h4>"
-            "<table style='font-family:monospace;font-size:12px;table-layout:fixed;width:100%'>"
-            "<tr><th>EP region: top tokens</th><th>SAE feature: top tokens</th></tr>"
-            f"<tr><td style='vertical-align:top'>{column(region_set)}</td>"
-            f"<td style='vertical-align:top'>{column(feature_set)}</td></tr></table>")
+    return card_html(f"region {region} ↔ feature {feature_name}: F1 {f1:.2f}",
+                     "<tr><th>EP region: top tokens</th><th>SAE feature: top tokens</th></tr>",
+                     f"<tr><td style='vertical-align:top'>{column(region_set)}</td>"
+                     f"<td style='vertical-align:top'>{column(feature_set)}</td></tr>",
+                     table_style=";table-layout:fixed;width:100%")
 
 
 def ep_build_flops(dictionary, calibration_tokens: int, calibration_batch: int = 1024) -> float:

@@ -17,13 +17,13 @@ each in its own centred space:
   checkpoint, a sanity check (adjacent layers should agree more than distant ones).
 
 Names: a *cosine* is a similarity in [-1, 1] (``min_cosine``, ``cosine``); a *distance* is 1 − cosine
-(θ, ``Dictionary.threshold``, ``distance_theta``). F1 and Dice are one number: for two sets A, B the F1
-score of one against the other is their Dice coefficient 2|A∩B| / (|A| + |B|). As in the paper, F1
-names it for two regions' token sets (:attr:`Membership.f1`, ``ep.studies.compare``) and Dice for how much
-of two whole dictionaries a one-to-one matching keeps (``Match.summary()["dice"]``, :func:`layer_ladder`).
+(θ, ``Dictionary.threshold``, ``distance_theta``). For two sets A, B, F1 = 2|A∩B| / (|A| + |B|) (the same
+number as their Dice coefficient): for two regions' token sets (:attr:`Membership.f1`, ``ep.studies.compare``)
+and for how much of two whole dictionaries a one-to-one matching keeps (``Match.summary()["f1"]``,
+:func:`layer_ladder`). A member-count floor is ``min_members``, as everywhere in the package.
 
 The assignment is dense: it holds a [K_a, K_b] float64 matrix (8·K_a·K_b bytes, 200 MB for 5k × 5k).
-For paper-scale dictionaries restrict it to regions with at least ``min_count`` members.
+For paper-scale dictionaries restrict it to regions with at least ``min_members`` members.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class Match:
     a_ids: np.ndarray  # [M] int64 region ids in a (sorted)
     b_ids: np.ndarray  # [M] int64 the partner of a_ids[i] in b
     cosine: np.ndarray  # [M] float64 exemplar cosine of each matched pair
-    a_regions: np.ndarray  # [K_a'] region ids of a that took part (all, or those with >= min_count members)
+    a_regions: np.ndarray  # [K_a'] region ids of a that took part (all, or those with >= min_members members)
     b_regions: np.ndarray  # [K_b'] same for b
     min_cosine: float  # a matched pair persisted if its cosine is at least this
     theta: float  # a cosine *distance*: distances are reported in units of this θ (a's)
@@ -94,20 +94,20 @@ class Match:
         return {"regions_a": n_a, "regions_b": n_b, "matched": len(self.a_ids), "persisted": p,
                 "dropped": n_a - p, "introduced": n_b - p,
                 "persisted_fraction": p / n_a, "dropped_fraction": (n_a - p) / n_a,
-                "introduced_fraction": (n_b - p) / n_b, "dice": 2 * p / (n_a + n_b),
+                "introduced_fraction": (n_b - p) / n_b, "f1": 2 * p / (n_a + n_b),
                 "min_cosine": self.min_cosine, "theta": self.theta,
                 "median_matched_cosine": float(np.median(self.cosine)) if len(self.cosine) else float("nan"),
                 "within_theta_fraction": float((self.distance_theta <= 1).mean()) if len(self.cosine) else 0.0}
 
 
-def match_dictionaries(a: Dictionary, b: Dictionary, min_cosine: float = 0.7, min_count: int = 1,
+def match_dictionaries(a: Dictionary, b: Dictionary, min_cosine: float = 0.7, min_members: int = 1,
                        basis: str = "exemplar") -> Match:
     """Hungarian assignment of a's regions to b's on exemplar (or mean-member) cosine, maximised; a matched
     pair *persisted* if its cosine is at least ``min_cosine``."""
     if not -1.0 <= min_cosine <= 1.0:
         raise ValueError(f"min_cosine is a cosine, in [-1, 1]; got {min_cosine}")
-    a_regions = np.flatnonzero(a.counts.numpy() >= min_count)
-    b_regions = np.flatnonzero(b.counts.numpy() >= min_count)
+    a_regions = np.flatnonzero(a.counts.numpy() >= min_members)
+    b_regions = np.flatnonzero(b.counts.numpy() >= min_members)
     cos = exemplar_cosine(a, b, basis)[np.ix_(a_regions, b_regions)]  # [K_a', K_b']
     rows, cols = linear_sum_assignment(cos, maximize=True)  # rows come back sorted
     return Match(a_ids=a_regions[rows], b_ids=b_regions[cols], cosine=cos[rows, cols],
@@ -163,16 +163,16 @@ def membership(a_ids: np.ndarray, b_ids: np.ndarray, assigned_a: np.ndarray, ass
 
 
 def layer_ladder(dictionaries: dict[int, Dictionary] | list[Dictionary], min_cosine: float = 0.7,
-                 min_count: int = 1) -> np.ndarray:
+                 min_members: int = 1) -> np.ndarray:
     """
-    [L, L] symmetric persisted fraction (Dice: 2·persisted / (K_i + K_j)) between every pair of
+    [L, L] symmetric persisted fraction (F1: 2·persisted / (K_i + K_j)) between every pair of
     dictionaries, e.g. one per layer of one checkpoint on one token stream; 1 on the diagonal.
     """
     ds = list(dictionaries.values()) if isinstance(dictionaries, dict) else list(dictionaries)
     out = np.eye(len(ds))
     for i in range(len(ds)):
         for j in range(i + 1, len(ds)):
-            out[i, j] = out[j, i] = match_dictionaries(ds[i], ds[j], min_cosine, min_count).summary()["dice"]
+            out[i, j] = out[j, i] = match_dictionaries(ds[i], ds[j], min_cosine, min_members).summary()["f1"]
     return out
 
 

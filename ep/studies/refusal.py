@@ -45,8 +45,7 @@ from ..method.calibration import calibrate
 from ..method.dictionary import Dictionary
 from ..model.activations import ActivationBatch
 from ..model.chat import chat_prompts  # noqa: F401  (part of this module's interface: R.chat_prompts)
-from ..model.generation import Edit, SharedPrompts, greedy
-from ..model.interventions import diff_in_means, subspace_cosine
+from ..model.generation import Completions, Edit, SharedPrompts, greedy
 
 # The paper's list (official scripts/exp_behavioral.py), matched in the first LABEL_CHARS characters.
 REFUSAL_PHRASES: tuple[str, ...] = (
@@ -57,7 +56,6 @@ REFUSAL_PHRASES: tuple[str, ...] = (
     "i should not",
 )
 LABEL_CHARS = 300
-REFUSAL_SUBSTRINGS = REFUSAL_PHRASES  # the default list (older name)
 
 # Arditi et al. 2024, pipeline/submodules/evaluate_jailbreak.py (after JailbreakBench's classifier).
 ARDITI_SUBSTRINGS: tuple[str, ...] = (
@@ -103,15 +101,12 @@ def is_degenerate(completion: str, min_letters: int = 3) -> bool:
 
 
 @dataclass
-class Generations:
-    """Completions of one :func:`generate` call, in the order of its prompts."""
+class Generations(Completions):
+    """What one :func:`generate` call produced (``ep.model.generation.Completions``: new tokens, recorded
+    final-position activations), with its prompts and the completions decoded, labelled for refusal."""
 
-    prompts: list[str]
-    completions: list[str]
-    final_acts: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> [N, d] float32 (if recorded)
-    last_token: torch.Tensor | None = None  # [N] int64 id of each prompt's last token
-    length: torch.Tensor | None = None  # [N] int64 tokens in each prompt
-    prompt_acts: dict[int, ActivationBatch] = field(default_factory=dict)  # layer -> every prompt token's row
+    prompts: list[str] = field(default_factory=list)
+    completions: list[str] = field(default_factory=list)  # the new tokens decoded (Completions.texts)
 
     @property
     def refused(self) -> np.ndarray:
@@ -126,13 +121,6 @@ class Generations:
     @property
     def refusal_rate(self) -> float:
         return float(self.refused.mean())
-
-    def batch(self, layer: int) -> ActivationBatch:
-        """The recorded final-position activations at ``layer`` with provenance, for ``ep.build_dictionary``."""
-        if layer not in self.final_acts:
-            raise KeyError(f"layer {layer} was not recorded; recorded: {sorted(self.final_acts)}")
-        n = len(self.prompts)
-        return ActivationBatch(self.final_acts[layer], torch.arange(n), self.length - 1, self.last_token)
 
     def prompt_tokens(self, layer: int) -> ActivationBatch:
         """Activations at ``layer`` of every token of the prompts except each prompt's first (recorded with
@@ -164,8 +152,8 @@ def generate(model, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_s
     out = greedy(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size, edit=edit,
                  record_layers=record_layers, remote=remote, progress=progress, desc=desc, shared=shared,
                  record_prompts=record_prompts)
-    return Generations(list(prompts), out.texts(model.tokenizer), out.final_acts, out.last_token, out.length,
-                       out.prompt_acts)
+    return Generations(out.tokens, out.final_acts, out.last_token, out.length, out.prompt_acts, prompts=list(prompts),
+                       completions=out.texts(model.tokenizer))
 
 
 class Runs:
@@ -233,84 +221,6 @@ def region_table(regions: np.ndarray, refused: np.ndarray, harmful: np.ndarray, 
     return table.sort_values(["score", "members"], ascending=False, na_position="last").reset_index(drop=True)
 
 
-def top_regions(table, k: int = 1) -> list[int]:
-    """The ``k`` best-scoring regions of :func:`region_table` (only those with a score)."""
-    ranked = table[table["score"].notna()]
-    if len(ranked) < k:
-        raise ValueError(f"only {len(ranked)} regions have enough members; asked for {k}")
-    return [int(r) for r in ranked["region"][:k]]
-
-
-def null_region(table, size: int, exclude: Sequence[int] = (), min_members: int = 5, max_rate: float = 0.2,
-                directions: torch.Tensor | None = None, reference: torch.Tensor | None = None,
-                max_cos: float = 0.3) -> int:
-    """A control region: ≥ ``min_members``, refusal rate ≤ ``max_rate``, size closest to ``size``.
-
-    With ``directions`` [K, d] (one per region) and a ``reference`` direction [d] (e.g. the diff-in-means
-    refusal direction), candidates must also satisfy |cos| ≤ ``max_cos``: a region lying on that axis,
-    e.g. harmless prompts on the far side of the refusal direction, is no null, since removing its
-    direction moves refusal too. Fallbacks: the lowest-refusal regions when none is below ``max_rate``; the least
-    aligned ones when none is below ``max_cos``.
-    """
-    ok = table[(table["members"] >= min_members) & ~table["region"].isin(list(exclude))]
-    if ok.empty:
-        raise ValueError("no region has enough members for a null control")
-    low = ok[ok["refusal_rate"] <= max_rate]
-    pool = low if not low.empty else ok[ok["refusal_rate"] == ok["refusal_rate"].min()]
-    if directions is not None and reference is not None:
-        ref = reference.double().reshape(-1) / reference.double().norm()
-        dirs = directions.double()[torch.tensor(pool["region"].to_numpy(dtype=np.int64))]
-        cos = (dirs @ ref / dirs.norm(dim=1).clamp_min(1e-300)).abs().numpy()
-        pool = pool.assign(abs_cos=cos)
-        unaligned = pool[pool["abs_cos"] <= max_cos]
-        pool = unaligned if not unaligned.empty else pool[pool["abs_cos"] == pool["abs_cos"].min()]
-    best = pool.assign(gap=(pool["members"] - size).abs()).sort_values(["gap", "refusal_rate", "region"])
-    return int(best["region"].iloc[0])
-
-
-def null_regions(table, size: int, k: int, exclude: Sequence[int] = (), **kwargs) -> list[int]:
-    """``k`` distinct null regions, each the :func:`null_region` of those not yet taken (a top-k span's control)."""
-    picked: list[int] = []
-    for _ in range(k):
-        picked.append(null_region(table, size, exclude=[*exclude, *picked], **kwargs))
-    return picked
-
-
-def layer_regions(build: Generations, harmful: np.ndarray, layer: int, percentile: float, *, min_members: int = 5,
-                  seed: int = 0, null_kind: str = "mean", null_max_rate: float = 0.2,
-                  null_max_cos: float = 0.3, refused: np.ndarray | None = None) -> dict:
-    """One layer's regions on a final-position dictionary (the protocol of benchmarks/refusal_robustness.py).
-
-    ``refused`` [N] overrides ``build.refused`` (e.g. labels made with another phrase list).
-
-    Calibrates and builds a dictionary on the recorded final-position activations at ``layer``, scores
-    its regions (:func:`region_table`), takes the top 3 and 3 null regions (:func:`null_regions`: about
-    the top region's size, refusal rate ≤ ``null_max_rate``, |cos| ≤ ``null_max_cos`` between their
-    ``null_kind`` direction, "mean" or "exemplar", and the build diff-in-means). Returns a dict:
-    ``dictionary``, ``table``, ``top3``, ``nulls``, ``dim`` (the diff-in-means direction [d]),
-    ``directions`` (the top region's exemplar and mean direction, the top 3's exemplars and mean
-    directions) and ``cosines`` (of each of those with ``dim``; the cosine to the span for the top 3).
-    """
-    if null_kind not in ("mean", "exemplar"):
-        raise ValueError(f"null_kind must be 'mean' or 'exemplar', got {null_kind!r}")
-    harmful = np.asarray(harmful, dtype=bool)
-    acts = build.final_acts[layer]
-    dictionary = build_dictionary([build.batch(layer)], calibrate(acts, percentile, seed=seed), progress=False)
-    refused = build.refused if refused is None else np.asarray(refused, dtype=bool)
-    table = region_table(dictionary.assign(acts)[0], refused, harmful, len(dictionary), min_members)
-    top3 = top_regions(table, 3)
-    dim = diff_in_means(acts[harmful], acts[~harmful])
-    exemplars, means = dictionary.exemplars, dictionary.mean_directions
-    kind = means if null_kind == "mean" else exemplars
-    size = int(table.set_index("region").loc[top3[0], "members"])
-    nulls = null_regions(table, size, 3, exclude=top3, min_members=min_members, max_rate=null_max_rate,
-                         directions=kind, reference=dim, max_cos=null_max_cos)
-    directions = {"top-1 exemplar": exemplars[top3[0]], "top-1 mean": means[top3[0]],
-                  "top-3 exemplars": exemplars[top3], "top-3 mean": means[top3]}
-    return {"dictionary": dictionary, "table": table, "top3": top3, "nulls": nulls, "dim": dim,
-            "directions": directions, "cosines": {name: subspace_cosine(v, dim) for name, v in directions.items()}}
-
-
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     """95% Wilson score interval for a binomial rate k/n (sensible at k = 0 or n, unlike k/n ± 1.96·SE)."""
     if n <= 0 or not 0 <= k <= n:
@@ -356,20 +266,24 @@ def score_regions(dictionary: Dictionary, final_acts: torch.Tensor, refused: np.
                   k: int = 5, min_members: int = 5, min_rate: float = 0.3, null_max_rate: float = 0.05) -> dict:
     """Assign each build prompt's final position [N, d] to a region and pick the paper's regions.
 
-    Returns ``table`` (:func:`region_table`), ``regions`` [N], ``top`` (≤ k candidate regions, best
-    first), ``null`` (:func:`matched_null` of the top region) and ``bases``: per basis ("mean": the
-    regions' mean-member directions, the official default; "exemplar") the [k, d] directions of ``top``
-    and the [d] direction of the null.
+    Returns ``table`` (:func:`region_table`), ``regions`` [N], ``top`` (≤ k candidate regions, best first),
+    ``null`` (:func:`matched_null` of the top region) and ``reason``. When no region passes the candidate rule,
+    ``top`` is empty and ``null`` is ``None``; when no region qualifies as a null, ``null`` is ``None``; ``reason``
+    says why (else ""). Both are findings, not errors.
     """
     regions = dictionary.assign(final_acts)[0]
     table = region_table(regions, refused, harmful, len(dictionary), min_members)
-    top = refusal_regions(table, k, min_rate)
+    try:
+        top = refusal_regions(table, k, min_rate)
+    except ValueError as err:
+        return {"table": table, "regions": regions, "top": [], "null": None, "reason": str(err)}
     candidates = table[table["score"].notna() & (table["refusal_rate"] >= min_rate)]["region"].tolist()
-    null = matched_null(table, dictionary, top[0], min_members=min_members, max_rate=null_max_rate,
-                        exclude=candidates)
-    bases = {"mean": dictionary.mean_directions, "exemplar": dictionary.exemplars}
-    return {"table": table, "regions": regions, "top": top, "null": null,
-            "bases": {name: {"top": dirs[top], "null": dirs[null]} for name, dirs in bases.items()}}
+    try:  # the official script ablates the top regions even when no region qualifies as a null
+        null, reason = matched_null(table, dictionary, top[0], min_members=min_members, max_rate=null_max_rate,
+                                    exclude=candidates), ""
+    except ValueError as err:
+        null, reason = None, str(err)
+    return {"table": table, "regions": regions, "top": top, "null": null, "reason": reason}
 
 
 # -----------------------------------------------------------------------------
@@ -442,7 +356,7 @@ def reanchored_exemplars(dictionary: Dictionary, acts: torch.Tensor, regions: Se
     return torch.stack(out)
 
 
-BASES = ("exemplar", "mean", "exemplar_reanchored")
+BASES = (*Dictionary.BASES, "exemplar_reanchored")  # exemplar, mean, exemplar_reanchored
 
 
 def percentile_regions(tokens: ActivationBatch, final_acts: torch.Tensor, refused: np.ndarray, harmful: np.ndarray,
@@ -460,25 +374,18 @@ def percentile_regions(tokens: ActivationBatch, final_acts: torch.Tensor, refuse
     """
     calibration = calibrate(tokens, percentile, docs_per_batch=docs_per_batch)
     dictionary = build_dictionary([tokens], calibration, progress=False)
-    out = {"percentile": float(percentile), "dictionary": dictionary, "n_regions": len(dictionary)}
-    regions = dictionary.assign(final_acts)[0]
-    table = region_table(regions, refused, harmful, len(dictionary), min_members)
-    try:
-        top = refusal_regions(table, k, min_rate)
-    except ValueError as err:
-        return {**out, "table": table, "regions": regions, "top": [], "null": None, "bases": None, "reason": str(err)}
-    candidates = table[table["score"].notna() & (table["refusal_rate"] >= min_rate)]["region"].tolist()
-    try:  # the official script ablates the top regions even when no region qualifies as a null
-        null, reason = matched_null(table, dictionary, top[0], min_members=min_members, max_rate=null_max_rate,
-                                    exclude=candidates), ""
-    except ValueError as err:
-        null, reason = None, str(err)
+    found = score_regions(dictionary, final_acts, refused, harmful, k=k, min_members=min_members,
+                          min_rate=min_rate, null_max_rate=null_max_rate)
+    out = {"percentile": float(percentile), "dictionary": dictionary, "n_regions": len(dictionary), **found}
+    top, null = found["top"], found["null"]
+    if not top:
+        return {**out, "bases": None}
     picked = [*top] if null is None else [*top, null]
-    directions = {"exemplar": dictionary.exemplars[picked], "mean": dictionary.mean_directions[picked],
+    directions = {**{name: dictionary.basis(name)[picked] for name in Dictionary.BASES},  # exemplar, mean
                   "exemplar_reanchored": reanchored_exemplars(dictionary, tokens.acts, picked, seed=seed)}
     bases = {name: {"top": dirs[:len(top)], "null": None if null is None else dirs[-1]}
              for name, dirs in directions.items()}
-    return {**out, "table": table, "regions": regions, "top": top, "null": null, "bases": bases, "reason": reason}
+    return {**out, "bases": bases}
 
 
 # -----------------------------------------------------------------------------

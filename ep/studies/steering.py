@@ -66,12 +66,6 @@ def typical_norm(acts: torch.Tensor, centre: torch.Tensor) -> float:
     return float((acts.float() - centre.float()).norm(dim=1).median())
 
 
-def random_direction(d: int, seed: int) -> torch.Tensor:
-    """A uniformly random unit direction [d]: the control every steering direction is read against."""
-    v = torch.randn(d, generator=torch.Generator().manual_seed(seed))
-    return v / v.norm()
-
-
 class Reader:
     """An independent concept reader: a logistic probe on token activations at its own layer.
 
