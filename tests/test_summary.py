@@ -254,3 +254,25 @@ def test_every_notebook_summary_is_one_call():
     for name, cells in code.items():
         long_fstrings = [c[:60] for c in cells if c.count('f"') + c.count("f'") > 12 and "Markdown(" in c]
         assert not long_fstrings, f"{name} builds Markdown in a long f-string cell: {long_fstrings}"
+
+
+def _start_here_results(model=True):
+    return {"model_short": "gemma-3-270m", "layer": 9, "percentile": 10, "regions": 1200, "tokens": 51200,
+            "threshold": 0.5123, "biggest_region": {"members": 340}, "median_coherence_5plus": 0.612,
+            "compared": {"p2": {"threshold": 0.28, "regions": 5000, "regions_per_token": 0.41},
+                         "p10": {"threshold": 0.51, "regions": 1200, "regions_per_token": 0.12}},
+            "compared_across": "p", "protocol": {"model": "gemma-3-270m" if model else None},
+            "exemplar_self_check": {"exemplars_checked": 1200, "max_distance": 3e-6} if model else None,
+            "median_new_text_distance": {"prose": 0.41, "code": 0.62} if model else {}}
+
+
+def test_start_here(tmp_path):
+    text = _same_from_file(summary.start_here, _start_here_results(), tmp_path, model_name="gemma-3-270m")
+    assert "opened `gemma-3-270m` layer 9 p10 with no code from the file run: 1,200 regions over 51,200 tokens, " \
+           "θ = 0.512; the biggest region holds 340 tokens" in text and "median coherence 0.61." in text
+    assert "Across p: p2 θ 0.280, 5,000 regions (0.41 per token), p10 θ 0.510" in text and "more regions per" in text
+    assert "all 1,200 exemplar tokens" in text and "(largest distance 3.0e-06)" in text
+    assert "prose 0.410, code 0.620 (θ 0.512)" in text and "skipped" not in text
+    text = summary.start_here(_start_here_results(model=False), model_name="google/gemma-2-2b")
+    assert "skipped: they need google/gemma-2-2b." in text and "matches the file" not in text
+    assert "New text" not in text

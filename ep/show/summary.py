@@ -23,6 +23,34 @@ def _plain(results: dict | str | Path) -> dict:
     return json.loads(json.dumps(results, default=float))
 
 
+def start_here(results: dict | str | Path, model_name: str | None) -> str:
+    """Notebook 00: the published dictionary opened safely, compared across p (or models), checked, used on new text.
+
+    ``model_name``: the model the sections that put text on the dictionary need (named when they were skipped)."""
+    r = _plain(results)
+    lines = [f"- We opened `{r['model_short']}` layer {r['layer']} p{r['percentile']} with no code from the file run: "
+             f"{r['regions']:,} regions over {r['tokens']:,} tokens, θ = {r['threshold']:.3f}; the biggest region "
+             f"holds {r['biggest_region']['members']:,} tokens, and regions of 5+ members have median coherence "
+             f"{r['median_coherence_5plus']:.2f}.",
+             f"- Across {r['compared_across']}: " + ", ".join(
+                 f"{k} θ {s['threshold']:.3f}, {s['regions']:,} regions ({s['regions_per_token']:.2f} per token)"
+                 for k, s in r["compared"].items())
+             + (". A smaller p gives a tighter θ and more regions per token." if r["compared_across"] == "p" else ".")]
+    if r["protocol"]["model"] is None:
+        lines.append("- The sections that put text on the dictionary were skipped: they need "
+                     f"{model_name or 'a model'}.")
+    matched = r["exemplar_self_check"]
+    if matched:
+        lines.append(f"- The model matches the file: all {matched['exemplars_checked']:,} exemplar tokens, "
+                     f"re-extracted, land in their own region (largest distance {matched['max_distance']:.1e}).")
+    if r["median_new_text_distance"]:
+        lines.append("- New text, median nearest-exemplar distance: " + ", ".join(
+            f"{k} {v:.3f}" for k, v in r["median_new_text_distance"].items()) + f" (θ {r['threshold']:.3f}).")
+    lines.append("- **Next**: notebook 01 traces the activations themselves; notebook 02 builds a dictionary from "
+                 "scratch.")
+    return "\n".join(lines)
+
+
 def activations(results: dict | str | Path, percentile: float) -> str:
     """Notebook 01: the attention sink, what centring does, and θ against its definition."""
     r = _plain(results)
@@ -442,4 +470,4 @@ def labels(results: dict | str | Path, above_chance: Sequence[float], n_obvious:
 
 
 __all__ = ["activations", "axbench", "dictionary", "labels", "matching", "ood", "refusal", "sae", "stability",
-           "steering"]
+           "start_here", "steering"]
