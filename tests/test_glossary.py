@@ -66,6 +66,10 @@ JARGON = {
     r"\bcoherence\b": "member-count-and-coherence", r"\bspherical centre\b": "spherical-centre",
     r"\bPile\b": "the-pile", r"\bsafetensors\b": "safetensors", r"\bchat template\b": "chat-template",
     r"\bOOD\b|\bout-of-distribution\b": "out-of-distribution", r"\bTopK SAE\b|\bsae-lens\b": "topk-sae-and-sae-lens",
+    r"\bBOS\b|\battention sink\b": "attention-sink", r"\bdegenerate\b": "degenerate-completion",
+    r"\bSAEBench\b|\bautointerp\b": "saebench", r"\bbalanced accuracy\b": "balanced-accuracy",
+    r"\bcosine distance\b": "cosine-distance", r"\bmean-member direction": "mean-member-direction",
+    r"\bLedoit": "mahalanobis-distance-and-shrunk-covariance",
 }
 # code, links' targets, HTML tags and maths are not prose (a link's text is)
 NOT_PROSE = re.compile(r"```.*?```|`[^`\n]*`|\]\([^)\s]*\)|<[^>\n]*>|https?://\S+|\$[^$\n]*\$|"
