@@ -52,3 +52,10 @@ def save_results(results: dict, name: str, results_dir: str | Path = "results") 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({**results, "machine": machine()}, indent=2, default=float) + "\n")
     return path
+
+
+def markdown(text: str) -> None:
+    """Show Markdown text (a summary built by ``ep.show.summary``) as the cell's output."""
+    from IPython.display import Markdown, display
+
+    display(Markdown(text))
