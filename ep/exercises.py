@@ -313,6 +313,15 @@ def _coherent_inputs(rng: np.random.Generator) -> tuple:
 DYADIC = np.concatenate([np.eye(4), -np.eye(4), np.array([[a, b, c, e] for a in (.5, -.5) for b in (.5, -.5)
                                                            for c in (.5, -.5) for e in (.5, -.5)])])
 
+# At θ = 0.5 (60°): 40° joins the exemplar at 0°; 70° opens a region, nearer to 40° (its final cell); 50° is
+# within θ of both, nearest to 70°. Counting at arrival, by final cells and by the first exemplar within θ differ.
+OVERTAKEN = np.array([[np.cos(a), np.sin(a), 0.0] for a in np.radians([0.0, 40.0, 70.0, 50.0])])
+
+# A mini-build where a token changes region after it arrives: calibrating on ±x, ±y, ±z and z again puts the centre
+# on z and θ near 90°; in the plane, 60° joins the exemplar at 0°, then 100° opens a region nearer to it (and to 75°).
+AXES = np.concatenate([np.eye(3), -np.eye(3), np.eye(3)[2:]])
+MOVED = np.array([[np.cos(a), np.sin(a), 0.0] for a in np.radians([0.0, 60.0, 100.0, 75.0])])
+
 
 def _place_ties(rng: np.random.Generator) -> tuple:
     """Tokens some of which are exactly θ = 0.5 from their nearest exemplar."""
@@ -624,7 +633,7 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in [
     Exercise(
         "leader_counts", "02",
         "leader_counts(u [N, d], theta) -> (exemplars [K], members of each region counted at arrival [K])",
-        _leader_inputs, _leader_counts, edge=lambda: [(DYADIC, 0.5)],
+        _leader_inputs, _leader_counts, edge=lambda: [(DYADIC, 0.5), (OVERTAKEN, 0.5)],
         wrong={"counted with the first exemplar within θ, not the nearest":
                    lambda u, t: _leader_counts(u, t, nearest_at_arrival=False),
                "counted by final cells, not at arrival": _final_counts}),
@@ -658,7 +667,7 @@ EXERCISES: dict[str, Exercise] = {e.name: e for e in [
     Exercise(
         "mini_build", "02",
         "mini_build(calib [M, d], stream [N, d], p) -> (exemplar indices [K], region of each stream row [N])",
-        _mini_build_inputs, _mini_build,
+        _mini_build_inputs, _mini_build, edge=lambda: [(AXES, MOVED, 10.0)],
         wrong={"not centred": lambda c, s, p: _mini_build(c, s, p, centred=False),
                "θ from the stream, not the calibration": lambda c, s, p: _mini_build(c, s, p, theta_from=s),
                "regions at arrival, not the nearest exemplar": _at_arrival}),
