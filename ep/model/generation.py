@@ -174,9 +174,8 @@ def greedy(model, prompts: Sequence[str], *, max_new_tokens: int = 16, batch_siz
 
 def _real_tokens(hidden: torch.Tensor, enc, prompt_index: torch.Tensor) -> ActivationBatch:
     """hidden [b, T, d] of a left-padded batch → its real (unpadded) tokens' rows."""
-    mask = enc["attention_mask"].bool()
-    rows, cols = mask.nonzero(as_tuple=True)
-    positions = mask.long().cumsum(-1) - 1
+    rows, cols = enc["attention_mask"].bool().nonzero(as_tuple=True)
+    positions = _positions(enc["attention_mask"])  # as generate counts them: the real tokens from 0
     return ActivationBatch(hidden[rows, cols], prompt_index[rows], positions[rows, cols], enc["input_ids"][rows, cols])
 
 
