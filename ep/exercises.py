@@ -421,6 +421,7 @@ def _mini_build_inputs(rng: np.random.Generator) -> tuple:
 def _documents_inputs(rng: np.random.Generator) -> tuple:
     n_docs, d = int(rng.integers(3, 12)), int(rng.integers(3, 8))
     sizes = rng.integers(1, 9, size=n_docs)
+    sizes[0] = max(sizes[0], 2)  # the first batch holds a pair at least: θ is defined
     sizes[-1] = 1  # a last batch of one row, when docs_per_batch divides n_docs - 1: skipped
     doc = np.repeat(np.arange(n_docs), sizes)
     u = _unit(rng.normal(size=(n_docs, d))[doc] * 2 + rng.normal(size=(len(doc), d)))
