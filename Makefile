@@ -15,6 +15,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 OUT ?= outputs
+# pytest-xdist workers for make test, each on its share of the cores (each loads its own models: ~4 GB of RAM apiece)
+TEST_WORKERS ?= 2
 ifeq ($(origin EP_DATA_DIR), undefined)
 ifneq ($(wildcard ../shared/data),)
 export EP_DATA_DIR := $(abspath ../shared/data)
@@ -49,7 +51,7 @@ tutorial: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check ep tests notebooks benchmarks
-	$(BIN)/python -m pytest --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 	EP_BOOK_TEST=1 $(BIN)/python -m pytest -q tests/book   # the rendered book, from the notebooks just executed
 
 test-fast: $(BIN)/.installed

@@ -92,3 +92,26 @@ def test_save_load_arrays_roundtrip_and_corruption(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ValueError, match="checksum"):
         load_arrays(path, "ep_test")
+
+
+def test_one_maker_makes_a_cache_entry_once_when_two_processes_want_it(tmp_path):
+    """Two processes start at once; each makes the entry unless it exists. The second waits and finds it."""
+    import subprocess
+    import sys
+
+    script = f"""
+import sys, time
+from pathlib import Path
+from ep.method.files import one_maker
+target = Path({str(tmp_path / "entry")!r})
+with one_maker(target):
+    if not target.exists():
+        time.sleep(1.0)  # a slow conversion
+        with open(target.parent / "makers", "a") as f:
+            f.write(sys.argv[1] + "\\n")
+        target.write_text("made")
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", script, str(i)]) for i in range(2)]
+    assert [p.wait(timeout=60) for p in procs] == [0, 0]
+    assert (tmp_path / "entry").read_text() == "made"
+    assert len((tmp_path / "makers").read_text().split()) == 1, "made twice"

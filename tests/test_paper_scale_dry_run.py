@@ -18,6 +18,7 @@ import papermill
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.xdist_group("dry-run")  # one worker runs them all: the table test reads the others' results
 DRY_RUNS = {  # notebook -> parameters beyond the model, the layer and check_claims (smoke sizes keep CI short)
     "01_activations": {"max_tokens": 6000},
     "02_dictionary": {},

@@ -10,6 +10,10 @@ leaves either the old complete file (or folder) or the new complete one, never h
   (old -> trash, staging -> target) and delete the trash afterwards, so no reader ever sees a
   half-deleted folder; on failure the staging folder is removed and the old folder restored.
 
+Two processes that would make the same expensive cache entry at once (two notebooks open side by side, two test
+workers, each converting the same model on first use) take turns through ``one_maker``: the second waits, then finds
+the first one's result.
+
 Arrays go to safetensors with one JSON entry of metadata and a sha256 over both (``save_arrays``):
 the bytes are a pure function of the contents, and loading never runs code from the file (no pickle).
 """
@@ -21,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -79,6 +84,31 @@ def atomic_write_bytes(path, data: bytes) -> None:
 def atomic_write_text(path, text: str) -> None:
     """``atomic_write_bytes`` for UTF-8 text."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+@contextmanager
+def one_maker(target) -> Iterator[None]:
+    """Hold an exclusive lock named after ``target`` (``.<name>.lock`` beside it) for the block: check whether the
+    cache entry exists, and make it if not, inside it. No-op where file locks are not available (not POSIX)."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        start = time.monotonic()
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"waiting for another process to finish making {target} ...", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            print(f"... done after {time.monotonic() - start:.0f} s", flush=True)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager

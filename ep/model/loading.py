@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from ..method.device import default_device, default_dtype
-from ..method.files import cache_dir, sha256_file, staged_dir
+from ..method.files import cache_dir, one_maker, sha256_file, staged_dir
 
 
 @dataclass(frozen=True)
@@ -126,16 +126,17 @@ def _float_checkpoint(name: str) -> Path:
     truncated file, converts it again (a checkpoint from before the record was kept is used if it is whole).
     """
     out = cache_dir() / name
-    problem = checkpoint_problem(out) if out.exists() else "not converted yet"
-    if problem is None and (out / RECORD).exists():
-        made_with = json.loads((out / RECORD).read_text()).get("transformers")
-        now = _conversion_record(name)["transformers"]
-        if made_with != now:
-            problem = f"converted with transformers {made_with}, this is {now}"
-    if problem is None:
-        return out
-    print(f"{name}: {problem}. Converting it from GGUF to a float checkpoint in {out} (once; about a minute)...")
-    _convert(name, out)
+    with one_maker(out):  # a second process converting the same model waits, then finds the checkpoint
+        problem = checkpoint_problem(out) if out.exists() else "not converted yet"
+        if problem is None and (out / RECORD).exists():
+            made_with = json.loads((out / RECORD).read_text()).get("transformers")
+            now = _conversion_record(name)["transformers"]
+            if made_with != now:
+                problem = f"converted with transformers {made_with}, this is {now}"
+        if problem is None:
+            return out
+        print(f"{name}: {problem}. Converting it from GGUF to a float checkpoint in {out} (once; about a minute)...")
+        _convert(name, out)
     return out
 
 

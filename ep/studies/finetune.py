@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from ..method.files import staged_dir
+from ..method.files import one_maker, staged_dir
 from ..model.chat import CHAT_TEMPLATE, END_OF_TURN, chat_prompt
 from ..model.generation import greedy
 from ..model.loading import cache_dir, load_model, transformers_model
@@ -194,19 +194,24 @@ def instruct_sibling(base: str = "gemma-3-270m", name: str | None = None, progre
     ``recipe`` overrides fields of :class:`Recipe`. The checkpoint lives in ``cache_dir() / name``
     (default ``{base}-it-lora``) and loads with ``ep.load_model(name)``.
     """
-    from ..data import instructions
-
     spec = Recipe(base=base, **recipe)
     name = name or f"{base.replace('/', '--')}-it-lora"
     out = cache_dir() / name
-    log = _read(out)
-    if log is not None and log.get("recipe") == json.loads(json.dumps(asdict(spec))) \
-            and (out / "model.safetensors").exists():
-        return _sibling(out, log, cached=True)
+    with one_maker(out):  # a second process training the same sibling waits, then finds it
+        log = _read(out)
+        if log is not None and log.get("recipe") == json.loads(json.dumps(asdict(spec))) \
+                and (out / "model.safetensors").exists():
+            return _sibling(out, log, cached=True)
+        return _train_sibling(out, spec, progress)
+
+
+def _train_sibling(out: Path, spec: Recipe, progress: bool) -> Sibling:
+    """Train the sibling ``spec`` describes and save it at ``out`` whole."""
+    from ..data import instructions
 
     start = time.perf_counter()
     torch.manual_seed(spec.seed)
-    model, _ = load_model(base, device="cpu", dtype=torch.float32)  # a fresh copy: peft edits it in place
+    model, _ = load_model(spec.base, device="cpu", dtype=torch.float32)  # a fresh copy: peft edits it in place
     hf_model, tokenizer = transformers_model(model), model.tokenizer
     prompts = instructions("harmless_train")[:spec.n_pairs]
     pairs = few_shot_answers(model, prompts, spec.max_new_tokens)

@@ -37,7 +37,6 @@ concept); online, SAEBench's own datasets (:func:`saebench_task`, streamed from 
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass
 from functools import partial
@@ -465,5 +464,6 @@ def binary_probes(raw: np.ndarray | None, features: dict[str, sp.spmatrix], labe
 
 def _workers() -> Parallel:
     """The probes of one task are independent small fits, bound by Python rather than arithmetic: one process
-    per core runs them side by side (the same fits, so the same accuracies as one after another)."""
-    return Parallel(n_jobs=min(4, os.cpu_count() or 1), backend="loky")
+    per thread torch may use runs them side by side (the same fits, so the same accuracies as one after another);
+    with one thread (``OMP_NUM_THREADS=1``, e.g. under ``make test``'s workers) they run in this process."""
+    return Parallel(n_jobs=min(4, torch.get_num_threads()), backend="loky")
