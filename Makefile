@@ -51,7 +51,7 @@ tutorial: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check ep tests notebooks benchmarks
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15
 	EP_BOOK_TEST=1 $(BIN)/python -m pytest -q tests/book   # the rendered book, from the notebooks just executed
 
 test-fast: $(BIN)/.installed

@@ -12,13 +12,15 @@ the candidate rule), 05 (its LoRA sibling needs a base model that answers few-sh
 The last test assembles ``make paper``'s table (``ep.show.paper_table``) from these runs' results: it says "dry run".
 """
 
+import os
 from pathlib import Path
 
 import papermill
 import pytest
 
+from ep.method.files import one_maker
+
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.xdist_group("dry-run")  # one worker runs them all: the table test reads the others' results
 DRY_RUNS = {  # notebook -> parameters beyond the model, the layer and check_claims (smoke sizes keep CI short)
     "01_activations": {"max_tokens": 6000},
     "02_dictionary": {},
@@ -79,19 +81,29 @@ def test_the_tiny_checkpoint_loads_like_a_hub_id(tiny_gemma2):
 
 @pytest.fixture(scope="module")
 def dry_run_dir(tmp_path_factory):
-    """One folder for every dry run of this module: the executed notebooks and results/ (the table reads it)."""
-    return tmp_path_factory.mktemp("dry-run")
+    """One folder for every dry run of the session: the executed notebooks and results/ (the table reads it). Under
+    pytest-xdist it is shared by the workers (their temp folders' parent), so the table finds every worker's runs."""
+    base = tmp_path_factory.getbasetemp()
+    out = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "dry-run"
+    out.mkdir(exist_ok=True)
+    return out
 
 
 def _dry_run(name, hub_cache, out, monkeypatch):
-    for key, value in hub_cache.items():  # the kernel inherits them
-        monkeypatch.setenv(key, value)
-    path = REPO / "notebooks" / f"{name}.ipynb"
-    parameters = {"model_name": HUB_ID, "layer": 20, "check_claims": False,
-                  "results_dir": str(out / "results"), **DRY_RUNS[name]}
-    papermill.execute_notebook(str(path), str(out / path.name), cwd=str(path.parent), parameters=parameters,
-                               progress_bar=False)
-    assert (out / "results" / f"{name}.json").exists()
+    """Run ``name`` at paper structure into ``out``, unless this session has run it already (one process at a time:
+    a second asking for the same run waits for the first's result)."""
+    result = out / "results" / f"{name}.json"
+    with one_maker(result):
+        if result.exists():
+            return
+        for key, value in hub_cache.items():  # the kernel inherits them
+            monkeypatch.setenv(key, value)
+        path = REPO / "notebooks" / f"{name}.ipynb"
+        parameters = {"model_name": HUB_ID, "layer": 20, "check_claims": False,
+                      "results_dir": str(out / "results"), **DRY_RUNS[name]}
+        papermill.execute_notebook(str(path), str(out / path.name), cwd=str(path.parent), parameters=parameters,
+                                   progress_bar=False)
+    assert result.exists()
 
 
 @pytest.mark.notebook
@@ -108,8 +120,7 @@ def test_make_paper_table_from_the_dry_run(hub_cache, dry_run_dir, monkeypatch):
     from ep.show import paper_table
 
     for name in sorted(DRY_RUNS):
-        if not (dry_run_dir / "results" / f"{name}.json").exists():
-            _dry_run(name, hub_cache, dry_run_dir, monkeypatch)
+        _dry_run(name, hub_cache, dry_run_dir, monkeypatch)
     md = paper_table.table(dry_run_dir / "results")
     assert "**Dry run**" in md
     rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| claim")]
