@@ -52,11 +52,10 @@ tutorial: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/ruff check ep tests notebooks benchmarks
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --durations=15
-	EP_BOOK_TEST=1 $(BIN)/python -m pytest -q tests/book   # the rendered book, from the notebooks just executed
 
 test-fast: $(BIN)/.installed
 	$(BIN)/ruff check ep tests notebooks benchmarks
-	$(BIN)/python -m pytest -q -m "not notebook and not model and not slow and not online"
+	$(BIN)/python -m pytest -q -m "not notebook and not model and not slow and not online and not book"
 
 book: $(BIN)/.installed
 	@test -n "$$(ls $(OUT)/[0-9][0-9]_*.ipynb 2>/dev/null)" || $(MAKE) tutorial

@@ -1,5 +1,7 @@
 import os
 import shutil
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -55,12 +57,81 @@ MODEL_FIXTURES = {"gemma", "qwen"}  # fixtures that load a real embedded model
 
 
 def pytest_collection_modifyitems(items):
-    """Every test that uses a model fixture is marked ``model``, so ``-m "not model"`` (make test-fast) skips it.
-    The notebooks run first: under two workers the many short tests then fill in behind the long ones."""
+    """Every test that uses a model fixture is marked ``model``, so ``-m "not model"`` (make test-fast) skips it, and
+    every test of tests/book/ ``book``. The notebooks run first and the book last: under two workers the many short
+    tests fill in behind the long notebooks, and the book waits only for the notebooks still running, if any."""
     for item in items:
         if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.model)
-    items.sort(key=lambda item: item.get_closest_marker("notebook") is None)
+        if item.path.parent.name == "book":
+            item.add_marker(pytest.mark.book)
+    items.sort(key=lambda item: (item.get_closest_marker("book") is not None,
+                                 item.get_closest_marker("notebook") is None))
 
-# The book test renders notebooks executed by the notebook tests: `make test` runs it second, on purpose.
-collect_ignore = [] if os.environ.get("EP_BOOK_TEST") else ["book"]
+
+def run_dir(tmp_path_factory, name: str) -> Path:
+    """A folder for this test run, shared by the pytest-xdist workers (their temp folders' parent), else in the temp."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """``make(folder)`` once per test run, into ``run_dir(name)``: a second worker asking for it waits for the first's
+    and reuses it (a failed make leaves no marker, so the next asker makes it again)."""
+    from ep.method.files import one_maker
+
+    folder = run_dir(tmp_path_factory, name)
+    with one_maker(folder):
+        if not (folder / ".made").exists():
+            make(folder)
+            (folder / ".made").write_text("")
+    return folder
+
+
+# -----------------------------------------------------------------------------
+# the book and the slides are built from the notebooks this run executes (test_notebooks.py), once they have finished
+
+EXECUTED = REPO / "outputs" / "tests"  # the notebook tests' executed copies
+_NOTEBOOK_RUNS = pytest.StashKey[set]()
+
+
+def run_id() -> str:
+    """This pytest run's id: the one pytest-xdist gives every worker, or one made for this process."""
+    return os.environ.get("PYTEST_XDIST_TESTRUNUID") or os.environ.setdefault("EP_TEST_RUN_ID", uuid.uuid4().hex)
+
+
+def notebook_finished(stem: str, passed: bool) -> None:
+    """Record that this run's execution of notebook ``stem`` has ended (test_notebooks.py calls it)."""
+    done = EXECUTED / ".finished"
+    done.mkdir(parents=True, exist_ok=True)
+    (done / stem).write_text(f"{run_id()} {'passed' if passed else 'failed'}")
+
+
+def pytest_collection_finish(session):
+    session.config.stash[_NOTEBOOK_RUNS] = {item.callspec.params["path"].stem for item in session.items
+                                            if item.originalname == "test_notebook_executes"}
+
+
+@pytest.fixture(scope="session")
+def executed_notebooks(request) -> Path:
+    """The folder of executed notebooks the book and the slides are built from (``$EP_BOOK_EXECUTED`` overrides it).
+    When this run executes the notebooks too (``make test``), first wait until each of them has finished: under
+    pytest-xdist the other worker may still be running one."""
+    if "EP_BOOK_EXECUTED" in os.environ:
+        return Path(os.environ["EP_BOOK_EXECUTED"])
+    waiting, start = set(request.config.stash.get(_NOTEBOOK_RUNS, set())), time.monotonic()
+    while waiting:
+        for stem in sorted(waiting):
+            marker = EXECUTED / ".finished" / stem
+            run, _, outcome = marker.read_text().partition(" ") if marker.exists() else ("", "", "")
+            if run == run_id():
+                if outcome != "passed":
+                    pytest.fail(f"notebook {stem} failed in this run: no book is built from it")
+                waiting.discard(stem)
+        if waiting:
+            if time.monotonic() - start > 3600:
+                pytest.fail(f"still waiting for notebooks {sorted(waiting)} after an hour")
+            time.sleep(2)
+    return EXECUTED

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import papermill
 import pytest
+from conftest import notebook_finished
 from standin import StandIn
 
 from ep import data
@@ -118,9 +119,14 @@ def test_notebook_executes(path, tmp_path):
         source = pasted_solutions(path, tmp_path / path.name)
     if "check_claims" in _parameters_source(path):  # CI holds the defaults to the paper's claims
         parameters["check_claims"] = "raise"
-    papermill.execute_notebook(str(source), str(out / path.name), cwd=str(path.parent),
-                               parameters=parameters, progress_bar=False)
-    assert (results / f"{path.stem}.json").exists(), "the notebook must write its results JSON"
+    passed = False
+    try:
+        papermill.execute_notebook(str(source), str(out / path.name), cwd=str(path.parent),
+                                   parameters=parameters, progress_bar=False)
+        assert (results / f"{path.stem}.json").exists(), "the notebook must write its results JSON"
+        passed = True
+    finally:
+        notebook_finished(path.stem, passed)  # the book test (tests/book) waits for this
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ the candidate rule), 05 (its LoRA sibling needs a base model that answers few-sh
 The last test assembles ``make paper``'s table (``ep.show.paper_table``) from these runs' results: it says "dry run".
 """
 
-import os
 from pathlib import Path
 
 import papermill
 import pytest
+from conftest import run_dir
 
 from ep.method.files import one_maker
 
@@ -81,12 +81,9 @@ def test_the_tiny_checkpoint_loads_like_a_hub_id(tiny_gemma2):
 
 @pytest.fixture(scope="module")
 def dry_run_dir(tmp_path_factory):
-    """One folder for every dry run of the session: the executed notebooks and results/ (the table reads it). Under
-    pytest-xdist it is shared by the workers (their temp folders' parent), so the table finds every worker's runs."""
-    base = tmp_path_factory.getbasetemp()
-    out = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "dry-run"
-    out.mkdir(exist_ok=True)
-    return out
+    """One folder for every dry run of this test run: the executed notebooks and results/ (the table reads it), shared
+    by pytest-xdist's workers, so the table finds every worker's runs."""
+    return run_dir(tmp_path_factory, "dry-run")
 
 
 def _dry_run(name, hub_cache, out, monkeypatch):

@@ -6,7 +6,6 @@ page decoded (naturalWidth > 0), that the chapters carry figures, and that no lo
 dictionary browsers the book carries (docs/build_book.py) are searched and clicked through, every page opened.
 """
 
-import os
 import re
 import sys
 import time
@@ -20,12 +19,12 @@ sys.path.insert(0, str(REPO / "docs"))
 sys.path.insert(0, str(REPO / "tests"))
 from browser_check import check_site  # noqa: E402
 from build_book import build  # noqa: E402
+from conftest import made_once  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def book(tmp_path_factory):
-    executed = Path(os.environ.get("EP_BOOK_EXECUTED", REPO / "outputs" / "tests"))
-    return build(executed, tmp_path_factory.mktemp("book") / "html").parent
+def book(tmp_path_factory, executed_notebooks):
+    return made_once(tmp_path_factory, "book", lambda folder: build(executed_notebooks, folder / "html")) / "html"
 
 
 def _pages(book: Path) -> list[Path]:

@@ -16,6 +16,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "docs"))
 from build_slides import build  # noqa: E402
+from conftest import made_once  # noqa: E402
 
 LIBS = os.environ.get("EP_SLIDES_LIBS")
 pytestmark = pytest.mark.skipif(
@@ -24,9 +25,9 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def decks(tmp_path_factory):
-    executed = Path(os.environ.get("EP_BOOK_EXECUTED", REPO / "outputs" / "tests"))
-    return build(executed, tmp_path_factory.mktemp("slides"), Path(LIBS))
+def decks(tmp_path_factory, executed_notebooks):
+    folder = made_once(tmp_path_factory, "slides", lambda folder: build(executed_notebooks, folder, Path(LIBS)))
+    return sorted(folder.glob("*.slides.html"))
 
 
 def _wait(chromium, script: str, seconds: float = 15.0):
