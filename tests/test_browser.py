@@ -72,6 +72,7 @@ def test_everything_is_escaped(site):
 
 
 def test_subset_and_errors(d, tmp_path):
+    browser(d, tmp_path)  # a first site in the same folder: its other pages must not stay behind
     index = browser(d, tmp_path, regions=[0, 2])
     assert sorted(p.stem for p in (tmp_path / "regions").glob("*.html")) == ["0", "2"]
     assert "pages for the 2 shown" in index.read_text()

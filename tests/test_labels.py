@@ -83,8 +83,8 @@ def test_balanced_accuracy_and_shuffle():
 class FakeJudge(L.ChatModel):
     """Margin +1 exactly when the label is the marked word, else -1 (+0.5 for the word 'x'); counts what it computes."""
 
-    def __init__(self, cache):
-        super().__init__("fake", cache, loader=None)
+    def __init__(self, cache, dtype=None):
+        super().__init__("fake", cache, loader=None, dtype=dtype)
         self.computed = 0
 
     def yes_margin(self, instructions, progress=True, shots=()):
@@ -110,6 +110,16 @@ def test_score_and_cache(tmp_path):
     assert judge.computed == 4  # the same 4 (label, word) pairs: cached
     again = FakeJudge(L.Cache(tmp_path / "cache.json"))  # a rerun reads the file and computes nothing
     assert L.score(again, probes, {0: "x", 1: "y"}) == right and again.computed == 0
+
+
+def test_answers_are_cached_per_dtype(tmp_path):
+    """bf16 and fp32 runs of one model answer differently: a cache filled by one is not read by the other."""
+    probes = [L.Probe(0, "a <<x>> b", True, "member"), L.Probe(0, "a <<y>> b", False, "near")]
+    cache = L.Cache(tmp_path / "cache.json")
+    for dtype, computed in ((torch.float32, 2), (torch.bfloat16, 2), (torch.float32, 0)):
+        judge = FakeJudge(cache, dtype)
+        L.score(judge, probes, {0: "x"})
+        assert judge.computed == computed, dtype
 
 
 JUDGE_AUROC_BOUND = 0.85  # measured 0.89 (bf16), 0.94 (float32); the earlier prompt, with the context and no worked

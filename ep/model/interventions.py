@@ -96,7 +96,7 @@ class PerLayer:
     """Several :class:`Ablation` s applied together, each at its own layers: one edit for ``generate``.
 
     E.g. the top refusal region of each layer's dictionary, removed at that layer (EP's counterpart of
-    removing the diff-in-means direction at every layer). Two ablations may not edit the same layer.
+    removing the DiffMean direction at every layer). Two ablations may not edit the same layer.
     """
 
     def __init__(self, ablations: Sequence[Ablation], name: str = ""):

@@ -203,4 +203,7 @@ def browser(d, out_dir, labels=None, scores=None, lens=None, lookup=None, region
             f"<script>{_SEARCH_JS}</script>")
     index = out / "index.html"
     index.write_text(_page(title, body), encoding="utf-8")
+    for page in (out / "regions").glob("*.html"):  # an earlier site's pages in out_dir would be linked by nothing
+        if page.stem not in {str(k) for k in regions}:
+            page.unlink()
     return index

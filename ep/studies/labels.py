@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ..method.device import default_device, default_dtype
 from ..method.metrics import auroc
 from ..model.generation import greedy
 from ..model.loading import load_model, transformers_model
@@ -98,7 +99,7 @@ def marked(left: str, token: str, right: str) -> str:
 
 
 class Cache:
-    """A JSON file of model answers keyed by (kind, model, prompt); missing file = empty cache."""
+    """A JSON file of model answers keyed by (kind, model and its dtype, prompt); missing file = empty cache."""
 
     def __init__(self, path: str | Path | None):
         self.path = None if path is None else Path(path)
@@ -133,20 +134,22 @@ class ChatModel:
     """The labeller and judge: a chat model loaded on first use (not at all when the cache holds every answer)."""
 
     def __init__(self, name: str = "qwen2.5-coder-0.5b-instruct", cache: Cache | None = None,
-                 loader: Callable = load_model, batch_size: int = 16):
+                 loader: Callable = load_model, batch_size: int = 16, dtype: torch.dtype | None = None):
         self.name, self.cache, self.loader, self.batch_size = name, cache or Cache(None), loader, batch_size
+        self.dtype = dtype or default_dtype(default_device())  # bf16 and fp32 answer differently: part of the key
         self._model = None
         self._prefixes: dict[str, tuple] = {}  # worked turns' text -> (token count, their keys and values)
 
     @property
     def model(self):
         if self._model is None:
-            self._model = self.loader(self.name)[0]
+            self._model = self.loader(self.name, dtype=self.dtype)[0]
         return self._model
 
     def _cached(self, kind: str, instructions: list[str], compute, progress: bool, desc: str, shots=()) -> list:
         turns = json.dumps(shots)  # the worked turns are part of the prompt, hence of the key
-        keys = [Cache.key(kind, self.name, turns + "\x00" + text) for text in instructions]
+        model = f"{self.name} {str(self.dtype).removeprefix('torch.')}"
+        keys = [Cache.key(kind, model, turns + "\x00" + text) for text in instructions]
         first: dict[str, int] = {}  # each distinct prompt once
         for i, k in enumerate(keys):
             first.setdefault(k, i)
